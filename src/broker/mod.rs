@@ -1,0 +1,70 @@
+//! The broker: RabbitMQ connections, the worker's queue topology, consuming deliveries,
+//! publishing results and dead letters with publisher confirms, and acks.
+//!
+//! This is the only module that uses lapin. The worker sees an [`Incoming`] delivery and a
+//! [`Publisher`]; it never touches an AMQP type. It knows nothing of Fastly.
+
+mod consume;
+mod publish;
+mod topology;
+
+pub use consume::{Incoming, JobConsumer};
+pub use publish::{DeadLetter, Publisher, ResultTarget};
+pub use topology::{declare_topology, queue_arguments};
+
+use lapin::{Connection, ConnectionProperties};
+
+use crate::config::BrokerSettings;
+
+/// A broker failure, worded for the operator.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to RabbitMQ at {url}: {source}")]
+    Connect { url: String, source: lapin::Error },
+    /// A queue exists with arguments other than the ones the worker declares.
+    #[error(
+        "queue {queue:?} already exists with a different {argument:?} \
+         (RabbitMQ said: {detail}); delete the queue after moving its messages, or change the \
+         settings to match it"
+    )]
+    QueueConflict {
+        queue: String,
+        argument: String,
+        detail: String,
+    },
+    #[error("{action} failed: {source}")]
+    Amqp {
+        action: String,
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ did not confirm {what} within {timeout_ms} ms")]
+    ConfirmTimeout { what: String, timeout_ms: u64 },
+    #[error("RabbitMQ rejected {what} (publisher nack)")]
+    Nacked { what: String },
+}
+
+impl BrokerError {
+    pub(crate) fn amqp(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {
+        let action = action.into();
+        move |source| BrokerError::Amqp { action, source }
+    }
+}
+
+/// Opens a connection named after the worker, so operators can find it in the management UI.
+pub async fn connect(settings: &BrokerSettings) -> Result<Connection, BrokerError> {
+    connect_named(settings, &settings.connection_name).await
+}
+
+/// Opens a connection with a given name.
+pub async fn connect_named(
+    settings: &BrokerSettings,
+    name: &str,
+) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(&settings.url, properties)
+        .await
+        .map_err(|source| BrokerError::Connect {
+            url: settings.redacted_url(),
+            source,
+        })
+}

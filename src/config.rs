@@ -1,0 +1,744 @@
+//! Settings: the typed configuration, its layers (built-in defaults, an optional file, the
+//! environment), validation, and the Fastly API tokens of each account, wrapped as secrets.
+//!
+//! Nothing here talks to the broker or to Fastly. A token leaves this module only as a sensitive
+//! `Fastly-Key` header value (see [`Account::fastly_key`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// The built-in defaults, with a comment on every setting.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of environment variables that override settings, as in `FPW_BROKER__PREFETCH`.
+pub const ENV_PREFIX: &str = "FPW";
+/// Separator between section and key in those variables.
+pub const ENV_SEPARATOR: &str = "__";
+/// Name of the account a job uses when it names none.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// A configuration problem, worded for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {key} = {value:?}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("account {account:?}: {reason}")]
+    Account { account: String, reason: String },
+    #[error(
+        "no Fastly API token is configured: set FASTLY_API_TOKEN, configure an account in \
+         [accounts], or pass --simulate to use the built-in Fastly simulator"
+    )]
+    NoToken,
+}
+
+/// Every setting, as deserialized from the layers. See config/default.toml for their meaning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub fastly: FastlySettings,
+    pub jobs: JobLimits,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+    pub accounts: BTreeMap<String, AccountSource>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// AMQP URL; it may contain a password, so Debug shows it redacted.
+    pub url: String,
+    pub connection_name: String,
+    pub jobs_queue: String,
+    pub results_queue: String,
+    pub dead_letter_queue: String,
+    pub queue_type: QueueType,
+    pub delivery_limit: u32,
+    pub prefetch: u16,
+    pub publish_timeout_ms: u64,
+    pub bindings: Vec<Binding>,
+}
+
+impl fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &redact_url(&self.url))
+            .field("connection_name", &self.connection_name)
+            .field("jobs_queue", &self.jobs_queue)
+            .field("results_queue", &self.results_queue)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("prefetch", &self.prefetch)
+            .field("publish_timeout_ms", &self.publish_timeout_ms)
+            .field("bindings", &self.bindings)
+            .finish()
+    }
+}
+
+impl BrokerSettings {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    /// The AMQP URL with its password replaced, for logs and messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// RabbitMQ queue type of the worker's queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+/// A binding of the jobs queue to an exchange.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub exchange: String,
+    #[serde(default = "default_exchange_type")]
+    pub exchange_type: String,
+    #[serde(default)]
+    pub routing_key: String,
+}
+
+fn default_exchange_type() -> String {
+    "topic".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FastlySettings {
+    pub api_url: String,
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub retry: RetrySettings,
+}
+
+impl FastlySettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+/// Limits on what one job may contain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLimits {
+    pub max_message_bytes: usize,
+    pub max_keys: usize,
+    pub max_urls: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub shutdown_timeout_ms: u64,
+}
+
+impl WorkerSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where an account's token comes from. Exactly one field must be set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSource {
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// A Fastly account the worker can act for: its name and its API token.
+#[derive(Clone)]
+pub struct Account {
+    name: String,
+    token: SecretString,
+}
+
+impl Account {
+    /// Creates an account, checking that the token can be sent as an HTTP header.
+    pub fn new(name: impl Into<String>, token: SecretString) -> Result<Account, ConfigError> {
+        let name = name.into();
+        let trimmed = token.expose_secret().trim();
+        if trimmed.is_empty() {
+            return Err(ConfigError::Account {
+                account: name,
+                reason: "the API token is empty".to_owned(),
+            });
+        }
+        if HeaderValue::from_str(trimmed).is_err() {
+            return Err(ConfigError::Account {
+                account: name,
+                reason: "the API token contains characters that an HTTP header cannot carry \
+                         (control characters or non-ASCII); copy it again from Fastly"
+                    .to_owned(),
+            });
+        }
+        let token = SecretString::from(trimmed.to_owned());
+        Ok(Account { name, token })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Returns the `Fastly-Key` header value. It is marked sensitive, so HTTP libraries
+    /// leave it out of their debug output.
+    pub fn fastly_key(&self) -> HeaderValue {
+        let mut value = HeaderValue::from_str(self.token.expose_secret())
+            .expect("Account::new checked that the token is a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("name", &self.name)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Validated runtime configuration: settings plus the accounts with their tokens.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub api_url: Url,
+    pub accounts: BTreeMap<String, Account>,
+}
+
+impl Settings {
+    /// Loads the built-in defaults, then `file` when given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, |name| std::env::var(name).ok())
+    }
+
+    /// Loads like [`Settings::load`], reading the well-known variables through `env`. The
+    /// `FPW_` variables are always read from the process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Environment, File, FileFormat};
+
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator(ENV_SEPARATOR),
+        );
+        builder = builder
+            .set_override_option("broker.url", env("AMQP_URL"))?
+            .set_override_option("fastly.api_url", env("FASTLY_API_URL"))?;
+
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every setting that a wrong value would break only later, at run time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let broker = &self.broker;
+        for (key, name) in [
+            ("broker.jobs_queue", &broker.jobs_queue),
+            ("broker.results_queue", &broker.results_queue),
+            ("broker.dead_letter_queue", &broker.dead_letter_queue),
+        ] {
+            check_queue_name(key, name)?;
+        }
+        if broker.jobs_queue == broker.results_queue
+            || broker.jobs_queue == broker.dead_letter_queue
+            || broker.results_queue == broker.dead_letter_queue
+        {
+            return Err(invalid(
+                "broker.jobs_queue",
+                &broker.jobs_queue,
+                "the jobs, results and dead-letter queues must have three different names",
+            ));
+        }
+        Url::parse(&broker.url)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "amqp" | "amqps"))
+            .ok_or_else(|| {
+                invalid(
+                    "broker.url",
+                    &broker.redacted_url(),
+                    "expected an amqp:// or amqps:// URL such as amqp://guest:guest@127.0.0.1:5672/%2f",
+                )
+            })?;
+        if broker.prefetch == 0 {
+            return Err(invalid(
+                "broker.prefetch",
+                "0",
+                "must be at least 1, because 0 means unlimited deliveries to RabbitMQ",
+            ));
+        }
+        positive("broker.publish_timeout_ms", broker.publish_timeout_ms)?;
+        for binding in &broker.bindings {
+            if binding.exchange.is_empty() || binding.exchange.starts_with("amq.") {
+                return Err(invalid(
+                    "broker.bindings.exchange",
+                    &binding.exchange,
+                    "name an exchange of your own; the default exchange and amq.* exchanges cannot be declared",
+                ));
+            }
+            check_short_string("broker.bindings.exchange", &binding.exchange)?;
+            check_short_string("broker.bindings.routing_key", &binding.routing_key)?;
+            if !matches!(
+                binding.exchange_type.as_str(),
+                "direct" | "fanout" | "topic" | "headers"
+            ) {
+                return Err(invalid(
+                    "broker.bindings.exchange_type",
+                    &binding.exchange_type,
+                    "expected direct, fanout, topic or headers",
+                ));
+            }
+        }
+
+        api_url(&self.fastly.api_url)?;
+        positive("fastly.request_timeout_ms", self.fastly.request_timeout_ms)?;
+        positive("fastly.connect_timeout_ms", self.fastly.connect_timeout_ms)?;
+        let retry = &self.fastly.retry;
+        positive("fastly.retry.max_attempts", u64::from(retry.max_attempts))?;
+        if retry.max_delay_ms < retry.min_delay_ms {
+            return Err(invalid(
+                "fastly.retry.max_delay_ms",
+                &retry.max_delay_ms.to_string(),
+                "must not be smaller than fastly.retry.min_delay_ms",
+            ));
+        }
+
+        positive("jobs.max_message_bytes", self.jobs.max_message_bytes as u64)?;
+        positive("jobs.max_keys", self.jobs.max_keys as u64)?;
+        positive("jobs.max_urls", self.jobs.max_urls as u64)?;
+
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|err| invalid("log.filter", &self.log.filter, &err.to_string()))?;
+        Ok(())
+    }
+
+    /// Resolves every account's token and returns the runtime configuration.
+    ///
+    /// `env` reads environment variables, so tests can pass their own.
+    pub fn resolve(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let api_url = api_url(&self.fastly.api_url)?;
+        let mut accounts = BTreeMap::new();
+        let mut default_missing = None;
+        for (name, source) in &self.accounts {
+            check_account_name(name)?;
+            match read_token(name, source, &env) {
+                Ok(token) => {
+                    accounts.insert(name.clone(), Account::new(name.clone(), token)?);
+                }
+                Err(TokenError::Unset(reason)) if name == DEFAULT_ACCOUNT => {
+                    default_missing = Some(reason);
+                }
+                Err(TokenError::Unset(reason)) | Err(TokenError::Invalid(reason)) => {
+                    return Err(ConfigError::Account {
+                        account: name.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        if accounts.is_empty() {
+            return Err(ConfigError::NoToken);
+        }
+        if let Some(reason) = default_missing {
+            tracing::warn!(
+                account = DEFAULT_ACCOUNT,
+                reason,
+                "account has no token and is left out; jobs without an account field will be rejected"
+            );
+        }
+        Ok(Config {
+            settings: self,
+            api_url,
+            accounts,
+        })
+    }
+
+    /// Returns the runtime configuration with every account given `token`, for the simulator.
+    pub fn resolve_with_token(self, api_url: Url, token: &str) -> Result<Config, ConfigError> {
+        let mut accounts = BTreeMap::new();
+        for name in self.accounts.keys() {
+            check_account_name(name)?;
+            let account = Account::new(name.clone(), SecretString::from(token.to_owned()))?;
+            accounts.insert(name.clone(), account);
+        }
+        Ok(Config {
+            settings: self,
+            api_url,
+            accounts,
+        })
+    }
+}
+
+enum TokenError {
+    /// The source is configured but empty or absent.
+    Unset(String),
+    /// The source is configured wrongly or cannot be read.
+    Invalid(String),
+}
+
+fn read_token(
+    account: &str,
+    source: &AccountSource,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<SecretString, TokenError> {
+    match (&source.token_env, &source.token_file) {
+        (Some(_), Some(_)) => Err(TokenError::Invalid(
+            "set either token_env or token_file, not both".to_owned(),
+        )),
+        (None, None) => Err(TokenError::Invalid(format!(
+            "no token source: set [accounts.{account}] token_env (an environment variable name) \
+             or token_file (a file path)"
+        ))),
+        (Some(variable), None) => match env(variable) {
+            Some(token) if !token.trim().is_empty() => Ok(SecretString::from(token)),
+            _ => Err(TokenError::Unset(format!(
+                "environment variable {variable} is not set or empty; set it to the account's \
+                 Fastly API token"
+            ))),
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(token) if !token.trim().is_empty() => Ok(SecretString::from(token)),
+            Ok(_) => Err(TokenError::Invalid(format!(
+                "token file {} is empty; write the account's Fastly API token into it",
+                path.display()
+            ))),
+            Err(err) => Err(TokenError::Invalid(format!(
+                "cannot read token file {}: {err}",
+                path.display()
+            ))),
+        },
+    }
+}
+
+/// Parses the Fastly API base URL and rejects plain http to anything but loopback.
+pub fn api_url(value: &str) -> Result<Url, ConfigError> {
+    let key = "fastly.api_url (FASTLY_API_URL)";
+    let url = Url::parse(value).map_err(|err| {
+        invalid(
+            key,
+            value,
+            &format!("{err}; expected a URL such as https://api.fastly.com"),
+        )
+    })?;
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid(
+            key,
+            value,
+            "must be a plain base URL without user, query or fragment",
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        "http" => Err(invalid(
+            key,
+            value,
+            "plain http would send the Fastly API token unencrypted across the network; use \
+             https, or http only for a simulator on a loopback address (127.0.0.1, ::1, localhost)",
+        )),
+        _ => Err(invalid(key, value, "expected an https:// URL")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Replaces the password of a URL, if any, with `***`.
+pub fn redact_url(value: &str) -> String {
+    match Url::parse(value) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+fn check_queue_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(invalid(key, name, "a queue name must not be empty"));
+    }
+    if name.starts_with("amq.") {
+        return Err(invalid(
+            key,
+            name,
+            "RabbitMQ reserves names starting with amq. for itself",
+        ));
+    }
+    check_short_string(key, name)
+}
+
+fn check_short_string(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.len() > 255 {
+        return Err(invalid(key, value, "AMQP names are at most 255 bytes long"));
+    }
+    Ok(())
+}
+
+fn check_account_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::Account {
+            account: name.to_owned(),
+            reason: "account names are 1 to 64 letters, digits, '-' or '_'".to_owned(),
+        })
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "0", "must be greater than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let settings = Settings::load_with_env(None, no_env).unwrap();
+        assert_eq!(settings.broker.jobs_queue, "fastly.jobs");
+        assert_eq!(settings.broker.results_queue, "fastly.results");
+        assert_eq!(settings.broker.dead_letter_queue, "fastly.jobs.dead");
+        assert_eq!(settings.fastly.api_url, "https://api.fastly.com");
+        assert_eq!(settings.jobs.max_message_bytes, 1024 * 1024);
+        assert!(settings.accounts.contains_key("default"));
+    }
+
+    #[test]
+    fn well_known_variables_override() {
+        let env = |name: &str| match name {
+            "AMQP_URL" => Some("amqp://u:p@broker:5672/vh".to_owned()),
+            "FASTLY_API_URL" => Some("http://127.0.0.1:9000".to_owned()),
+            _ => None,
+        };
+        let settings = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(settings.broker.url, "amqp://u:p@broker:5672/vh");
+        assert_eq!(settings.fastly.api_url, "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn plain_http_rejected_for_remote_host() {
+        let err = api_url("http://api.fastly.com").unwrap_err().to_string();
+        assert!(err.contains("http://api.fastly.com"), "{err}");
+        assert!(err.contains("unencrypted"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_accepted_for_loopback() {
+        for url in [
+            "http://127.0.0.1:8080",
+            "http://localhost:1",
+            "http://[::1]:80",
+            "http://127.9.9.9",
+        ] {
+            assert!(api_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn https_accepted_and_junk_rejected() {
+        assert!(api_url("https://api.fastly.com").is_ok());
+        assert!(api_url("ftp://api.fastly.com").is_err());
+        assert!(api_url("api.fastly.com").is_err());
+        assert!(api_url("https://user@api.fastly.com").is_err());
+    }
+
+    #[test]
+    fn token_read_from_env_and_trimmed() {
+        let settings = Settings::load_with_env(None, no_env).unwrap();
+        let config = settings
+            .resolve(|name| (name == "FASTLY_API_TOKEN").then(|| " tok-123\n".to_owned()))
+            .unwrap();
+        let key = config.accounts["default"].fastly_key();
+        assert_eq!(key.to_str().unwrap(), "tok-123");
+        assert!(key.is_sensitive());
+    }
+
+    #[test]
+    fn missing_token_names_the_fix() {
+        let settings = Settings::load_with_env(None, no_env).unwrap();
+        let err = settings.resolve(no_env).unwrap_err().to_string();
+        assert!(err.contains("FASTLY_API_TOKEN"), "{err}");
+        assert!(err.contains("--simulate"), "{err}");
+    }
+
+    #[test]
+    fn token_from_file() {
+        let dir = std::env::temp_dir().join(format!("fpw-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "file-token\n").unwrap();
+        let mut settings = Settings::load_with_env(None, no_env).unwrap();
+        settings.accounts.insert(
+            "shop".to_owned(),
+            AccountSource {
+                token_env: None,
+                token_file: Some(path),
+            },
+        );
+        let config = settings.resolve(no_env).unwrap();
+        assert!(!config.accounts.contains_key("default"));
+        assert_eq!(
+            config.accounts["shop"].fastly_key().to_str().unwrap(),
+            "file-token"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn token_never_in_debug_output() {
+        let settings = Settings::load_with_env(None, no_env).unwrap();
+        let config = settings
+            .resolve(|name| (name == "FASTLY_API_TOKEN").then(|| "s3cr3t-token".to_owned()))
+            .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t-token"), "{debug}");
+        assert!(!debug.contains("guest:guest"), "{debug}");
+    }
+
+    #[test]
+    fn token_with_newline_inside_rejected() {
+        let err = Account::new("a", SecretString::from("abc\ndef".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HTTP header"), "{err}");
+        assert!(!err.contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn same_queue_names_rejected() {
+        let mut settings = Settings::load_with_env(None, no_env).unwrap();
+        settings.broker.results_queue = settings.broker.jobs_queue.clone();
+        assert!(settings.validate().is_err());
+    }
+
+    #[test]
+    fn config_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("fpw-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, "[broker]\nprefetch = 7\n").unwrap();
+        let settings = Settings::load_with_env(Some(&path), no_env).unwrap();
+        assert_eq!(settings.broker.prefetch, 7);
+        assert_eq!(settings.broker.jobs_queue, "fastly.jobs");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_setting_rejected() {
+        let dir = std::env::temp_dir().join(format!("fpw-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("worker.toml");
+        std::fs::write(&path, "[broker]\nprefetsh = 7\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefetsh"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn redact_url_hides_password() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+    }
+}

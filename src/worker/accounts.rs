@@ -1,0 +1,248 @@
+//! Accounts as the worker sees them: each configured account with what `GET /tokens/self` said
+//! about its token, and the authorization step of the pipeline (account known, scope held,
+//! service covered) that runs before any Fastly request.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+
+use crate::config::Account;
+use crate::fastly::{FastlyClient, TokenInfo};
+use crate::job::{ErrorCode, Job, Rejection};
+use crate::retry::{RetryPolicy, with_retries};
+
+/// An account and, when Fastly told us, its token's scopes, services and expiry.
+#[derive(Debug, Clone)]
+pub struct AccountEntry {
+    pub account: Account,
+    /// None when tokens/self could not be read; Fastly then decides on every request.
+    pub token: Option<TokenInfo>,
+}
+
+/// Every account the worker can act for.
+#[derive(Debug, Clone)]
+pub struct AccountRegistry {
+    entries: BTreeMap<String, AccountEntry>,
+}
+
+impl AccountRegistry {
+    /// Reads tokens/self for every account. A token that cannot be read is logged and left
+    /// unchecked rather than stopping the worker.
+    pub async fn load(
+        client: &FastlyClient,
+        accounts: &BTreeMap<String, Account>,
+        policy: &RetryPolicy,
+    ) -> AccountRegistry {
+        let mut entries = BTreeMap::new();
+        for (name, account) in accounts {
+            let attempted =
+                with_retries(policy, "tokens/self", || client.token_self(account)).await;
+            let token = match attempted.result {
+                Ok(reply) => match TokenInfo::from_json(&reply.value) {
+                    Ok(info) => {
+                        log_token(name, &info);
+                        Some(info)
+                    }
+                    Err(reason) => {
+                        tracing::warn!(account = %name, reason, "cannot read the token's scopes; Fastly will decide on each request");
+                        None
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(account = %name, error = %err, "cannot read the token's scopes; Fastly will decide on each request");
+                    None
+                }
+            };
+            entries.insert(
+                name.clone(),
+                AccountEntry {
+                    account: account.clone(),
+                    token,
+                },
+            );
+        }
+        AccountRegistry { entries }
+    }
+
+    /// Builds a registry from known token information, for tests and the check command.
+    pub fn from_entries(entries: impl IntoIterator<Item = AccountEntry>) -> AccountRegistry {
+        AccountRegistry {
+            entries: entries
+                .into_iter()
+                .map(|entry| (entry.account.name().to_owned(), entry))
+                .collect(),
+        }
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &AccountEntry> {
+        self.entries.values()
+    }
+
+    /// Finds the job's account and checks that its token may do the job.
+    pub fn authorize(&self, job: &Job) -> Result<&AccountEntry, Rejection> {
+        let entry = self.entries.get(&job.account).ok_or_else(|| {
+            let known: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+            Rejection::new(
+                ErrorCode::UnknownAccount,
+                format!(
+                    "account {:?} is not configured; use one of: {}",
+                    job.account,
+                    known.join(", ")
+                ),
+            )
+        })?;
+        let Some(token) = &entry.token else {
+            return Ok(entry);
+        };
+
+        let job_type = job.kind.job_type();
+        let allowed = job_type.allowed_scopes();
+        if !token.has_any_scope(allowed) {
+            return Err(Rejection::new(
+                ErrorCode::MissingScope,
+                format!(
+                    "the token of account {:?} lacks the scope {:?} ({} jobs need one of: {}; \
+                     the token has: {}); create a token with that scope",
+                    job.account,
+                    allowed[0],
+                    job_type,
+                    allowed.join(", "),
+                    token.scopes.join(" ")
+                ),
+            ));
+        }
+        if let Some(service_id) = job.kind.service_id()
+            && !token.covers_service(service_id.as_str())
+        {
+            return Err(Rejection::new(
+                ErrorCode::ServiceNotAllowed,
+                format!(
+                    "the token of account {:?} is limited to other services and cannot act \
+                         on service {service_id}",
+                    job.account
+                ),
+            ));
+        }
+        Ok(entry)
+    }
+}
+
+fn log_token(account: &str, info: &TokenInfo) {
+    let expires = info
+        .expires_at
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_else(|| "never".to_owned());
+    if info.is_expired(Utc::now()) {
+        tracing::error!(account, expires_at = %expires, "the account's Fastly token has expired; every request will fail until it is replaced");
+    } else {
+        tracing::info!(
+            account,
+            scopes = %info.scopes.join(" "),
+            services = info.services.len(),
+            expires_at = %expires,
+            "read the account's token scopes"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::job::{JobKind, ServiceId};
+
+    fn entry(name: &str, scopes: &[&str], services: &[&str]) -> AccountEntry {
+        AccountEntry {
+            account: Account::new(name, SecretString::from("t".to_owned())).unwrap(),
+            token: Some(TokenInfo {
+                id: None,
+                name: None,
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                services: services.iter().map(|s| s.to_string()).collect(),
+                expires_at: None,
+            }),
+        }
+    }
+
+    fn job(account: &str, kind: JobKind) -> Job {
+        Job {
+            id: "j".to_owned(),
+            account: account.to_owned(),
+            kind,
+        }
+    }
+
+    fn purge_all(service: &str) -> JobKind {
+        JobKind::PurgeAll {
+            service_id: ServiceId::parse(service).unwrap(),
+        }
+    }
+
+    #[test]
+    fn unknown_account_rejected_with_known_names() {
+        let registry = AccountRegistry::from_entries([entry("default", &["global"], &[])]);
+        let rejection = registry
+            .authorize(&job("shop", JobKind::GetToken))
+            .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::UnknownAccount);
+        assert!(rejection.message.contains("\"shop\""));
+        assert!(rejection.message.contains("default"));
+    }
+
+    #[test]
+    fn missing_scope_named() {
+        let registry = AccountRegistry::from_entries([entry("default", &["purge_select"], &[])]);
+        let rejection = registry
+            .authorize(&job("default", purge_all("abc")))
+            .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::MissingScope);
+        assert!(
+            rejection.message.contains("\"purge_all\""),
+            "{}",
+            rejection.message
+        );
+
+        let read = registry
+            .authorize(&job("default", JobKind::GetToken))
+            .unwrap_err();
+        assert!(read.message.contains("global:read"), "{}", read.message);
+    }
+
+    #[test]
+    fn any_allowed_scope_suffices() {
+        let registry = AccountRegistry::from_entries([
+            entry("a", &["global:read", "purge_all"], &[]),
+            entry("b", &["global"], &[]),
+        ]);
+        assert!(registry.authorize(&job("a", purge_all("abc"))).is_ok());
+        assert!(registry.authorize(&job("a", JobKind::GetAccount)).is_ok());
+        assert!(registry.authorize(&job("b", purge_all("abc"))).is_ok());
+    }
+
+    #[test]
+    fn service_restriction_enforced() {
+        let registry = AccountRegistry::from_entries([entry("default", &["global"], &["abc"])]);
+        assert!(
+            registry
+                .authorize(&job("default", purge_all("abc")))
+                .is_ok()
+        );
+        let rejection = registry
+            .authorize(&job("default", purge_all("xyz")))
+            .unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::ServiceNotAllowed);
+    }
+
+    #[test]
+    fn unknown_token_lets_fastly_decide() {
+        let mut unchecked = entry("default", &[], &[]);
+        unchecked.token = None;
+        let registry = AccountRegistry::from_entries([unchecked]);
+        assert!(
+            registry
+                .authorize(&job("default", purge_all("abc")))
+                .is_ok()
+        );
+    }
+}

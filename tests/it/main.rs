@@ -1,0 +1,13 @@
+//! Integration tests: the worker, in-process or as its binary, against the real RabbitMQ and
+//! the Fastly simulator. Each test builds its own world with unique queue names, so the tests
+//! run in parallel.
+
+mod cli;
+mod failures;
+mod jobs;
+mod malformed;
+mod process;
+mod secrets;
+mod topology;
+mod validation;
+mod world;

@@ -1,8 +1,8 @@
 //! Settings: the typed configuration, its layers (built-in defaults, an optional file, the
 //! environment), validation, and the Fastly API tokens of each account, wrapped as secrets.
 //!
-//! Nothing here talks to the broker or to Fastly. A token leaves this module only as a sensitive
-//! `Fastly-Key` header value (see [`Account::fastly_key`]).
+//! Nothing here talks to the broker or to Fastly. A token leaves this module only through
+//! [`Account::expose_token`], which the Fastly client turns into the `Fastly-Key` header.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -29,7 +28,7 @@ pub const DEFAULT_ACCOUNT: &str = "default";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read the configuration: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(config::ConfigError),
     #[error("invalid setting {key} = {value:?}: {reason}")]
     Invalid {
         key: String,
@@ -45,12 +44,21 @@ pub enum ConfigError {
     NoToken,
 }
 
+impl From<config::ConfigError> for ConfigError {
+    fn from(err: config::ConfigError) -> ConfigError {
+        ConfigError::Load(err)
+    }
+}
+
 /// Every setting, as deserialized from the layers. See config/default.toml for their meaning.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub broker: BrokerSettings,
     pub fastly: FastlySettings,
+    pub batch: BatchSettings,
+    pub limits: LimitSettings,
+    pub redelivery: RedeliverySettings,
     pub jobs: JobLimits,
     pub worker: WorkerSettings,
     pub log: LogSettings,
@@ -66,9 +74,11 @@ pub struct BrokerSettings {
     pub jobs_queue: String,
     pub results_queue: String,
     pub dead_letter_queue: String,
+    pub retry_queue: String,
     pub queue_type: QueueType,
     pub delivery_limit: u32,
-    pub prefetch: u16,
+    /// None derives it from the batch size and the in-flight cap; see [`Settings::prefetch`].
+    pub prefetch: Option<u16>,
     pub publish_timeout_ms: u64,
     pub bindings: Vec<Binding>,
 }
@@ -81,6 +91,7 @@ impl fmt::Debug for BrokerSettings {
             .field("jobs_queue", &self.jobs_queue)
             .field("results_queue", &self.results_queue)
             .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("retry_queue", &self.retry_queue)
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
             .field("prefetch", &self.prefetch)
@@ -160,6 +171,65 @@ pub struct RetrySettings {
     pub max_delay_ms: u64,
 }
 
+/// Coalescing of surrogate-key purges into bulk requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    pub linger_ms: u64,
+    pub max_keys: usize,
+}
+
+impl BatchSettings {
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+}
+
+/// Rate budgets per account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_in_flight: u32,
+    pub purge: QuotaSettings,
+    pub write: QuotaSettings,
+    pub read: QuotaSettings,
+}
+
+/// A limiter's quota: requests per hour on average, and at most `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSettings {
+    pub per_hour: u32,
+    pub burst: u32,
+}
+
+/// Retries through the broker's delay queues.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeliverySettings {
+    pub delivery_budget_ms: u64,
+    pub max_attempts: u32,
+    pub max_deferrals: u32,
+    pub delays_ms: Vec<u64>,
+}
+
+impl RedeliverySettings {
+    pub fn delivery_budget(&self) -> Duration {
+        Duration::from_millis(self.delivery_budget_ms)
+    }
+
+    /// Returns the delay before delivery `attempt + 1`, after `attempt` deliveries (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let index = (attempt.max(1) as usize - 1).min(self.delays_ms.len().saturating_sub(1));
+        Duration::from_millis(self.delays_ms.get(index).copied().unwrap_or(0))
+    }
+
+    /// Returns the delay queue level (1-based) used after `attempt` deliveries.
+    pub fn level_after(&self, attempt: u32) -> usize {
+        (attempt.max(1) as usize).min(self.delays_ms.len().max(1))
+    }
+}
+
 /// Limits on what one job may contain.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,11 +291,11 @@ impl Account {
                 reason: "the API token is empty".to_owned(),
             });
         }
-        if HeaderValue::from_str(trimmed).is_err() {
+        if !trimmed.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(ConfigError::Account {
                 account: name,
                 reason: "the API token contains characters that an HTTP header cannot carry \
-                         (control characters or non-ASCII); copy it again from Fastly"
+                         (spaces, control characters or non-ASCII); copy it again from Fastly"
                     .to_owned(),
             });
         }
@@ -237,13 +307,10 @@ impl Account {
         &self.name
     }
 
-    /// Returns the `Fastly-Key` header value. It is marked sensitive, so HTTP libraries
-    /// leave it out of their debug output.
-    pub fn fastly_key(&self) -> HeaderValue {
-        let mut value = HeaderValue::from_str(self.token.expose_secret())
-            .expect("Account::new checked that the token is a valid header value");
-        value.set_sensitive(true);
-        value
+    /// Returns the token. Only the Fastly client calls this, to build the `Fastly-Key`
+    /// header; nothing else may log, store or send it.
+    pub(crate) fn expose_token(&self) -> &str {
+        self.token.expose_secret()
     }
 }
 
@@ -265,32 +332,56 @@ pub struct Config {
 }
 
 impl Settings {
-    /// Loads the built-in defaults, then `file` when given, then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        Self::load_with_env(file, |name| std::env::var(name).ok())
+    /// Returns the prefetch: the configured value, or batch.max_keys x limits.max_in_flight x 2,
+    /// so that one-key jobs can fill every in-flight request and the next round of batches.
+    pub fn prefetch(&self) -> u16 {
+        self.broker.prefetch.unwrap_or_else(|| {
+            let derived = self.batch.max_keys as u64 * u64::from(self.limits.max_in_flight) * 2;
+            u16::try_from(derived.clamp(1, u64::from(u16::MAX))).unwrap_or(u16::MAX)
+        })
     }
 
-    /// Loads like [`Settings::load`], reading the well-known variables through `env`. The
-    /// `FPW_` variables are always read from the process environment.
+    /// Returns the names of the delay queues, one per configured delay.
+    pub fn retry_queues(&self) -> Vec<String> {
+        (1..=self.redelivery.delays_ms.len().max(1))
+            .map(|level| format!("{}.{level}", self.broker.retry_queue))
+            .collect()
+    }
+
+    /// Loads the built-in defaults, then `file` when given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Returns the built-in defaults, untouched by the environment.
+    pub fn defaults() -> Settings {
+        Self::load_with_env(None, std::iter::empty()).expect("the built-in defaults are valid")
+    }
+
+    /// Loads like [`Settings::load`], with `vars` in place of the process environment, so
+    /// tests see only the variables they pass.
     pub fn load_with_env(
         file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
+        vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         use config::{Environment, File, FileFormat};
 
+        let vars: config::Map<String, String> = vars.into_iter().collect();
+        let well_known = |name: &str| vars.get(name).cloned();
         let mut builder =
             config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
         }
-        builder = builder.add_source(
-            Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("_")
-                .separator(ENV_SEPARATOR),
-        );
         builder = builder
-            .set_override_option("broker.url", env("AMQP_URL"))?
-            .set_override_option("fastly.api_url", env("FASTLY_API_URL"))?;
+            .add_source(
+                Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator(ENV_SEPARATOR)
+                    .source(Some(vars.clone())),
+            )
+            .set_override_option("broker.url", well_known("AMQP_URL"))?
+            .set_override_option("fastly.api_url", well_known("FASTLY_API_URL"))?;
 
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -307,14 +398,21 @@ impl Settings {
         ] {
             check_queue_name(key, name)?;
         }
-        if broker.jobs_queue == broker.results_queue
-            || broker.jobs_queue == broker.dead_letter_queue
-            || broker.results_queue == broker.dead_letter_queue
-        {
+        check_queue_name("broker.retry_queue", &format!("{}.99", broker.retry_queue))?;
+        let mut names = vec![
+            broker.jobs_queue.clone(),
+            broker.results_queue.clone(),
+            broker.dead_letter_queue.clone(),
+        ];
+        names.extend(self.retry_queues());
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != names.len() {
             return Err(invalid(
                 "broker.jobs_queue",
                 &broker.jobs_queue,
-                "the jobs, results and dead-letter queues must have three different names",
+                "the jobs, results, dead-letter and retry queues must have different names",
             ));
         }
         Url::parse(&broker.url)
@@ -324,10 +422,11 @@ impl Settings {
                 invalid(
                     "broker.url",
                     &broker.redacted_url(),
-                    "expected an amqp:// or amqps:// URL such as amqp://guest:guest@127.0.0.1:5672/%2f",
+                    "expected an amqp:// or amqps:// URL such as amqp://guest:guest@127.0.0.1:5672/%2f \
+                     (set it with AMQP_URL or broker.url)",
                 )
             })?;
-        if broker.prefetch == 0 {
+        if broker.prefetch == Some(0) {
             return Err(invalid(
                 "broker.prefetch",
                 "0",
@@ -367,6 +466,53 @@ impl Settings {
                 "fastly.retry.max_delay_ms",
                 &retry.max_delay_ms.to_string(),
                 "must not be smaller than fastly.retry.min_delay_ms",
+            ));
+        }
+
+        positive("batch.linger_ms", self.batch.linger_ms)?;
+        if !(1..=crate::fastly::MAX_KEYS_PER_REQUEST).contains(&self.batch.max_keys) {
+            return Err(invalid(
+                "batch.max_keys",
+                &self.batch.max_keys.to_string(),
+                "must be from 1 to 256, Fastly's limit of keys per bulk purge",
+            ));
+        }
+        positive("limits.max_in_flight", u64::from(self.limits.max_in_flight))?;
+        for (key, quota) in [
+            ("limits.purge", &self.limits.purge),
+            ("limits.write", &self.limits.write),
+            ("limits.read", &self.limits.read),
+        ] {
+            positive(&format!("{key}.per_hour"), u64::from(quota.per_hour))?;
+            positive(&format!("{key}.burst"), u64::from(quota.burst))?;
+        }
+        let redelivery = &self.redelivery;
+        positive(
+            "redelivery.max_attempts",
+            u64::from(redelivery.max_attempts),
+        )?;
+        if redelivery.delays_ms.is_empty() || redelivery.delays_ms.contains(&0) {
+            return Err(invalid(
+                "redelivery.delays_ms",
+                &format!("{:?}", redelivery.delays_ms),
+                "give at least one delay, each greater than zero",
+            ));
+        }
+        // A job must be able to wait for its batch, make one request and publish its result
+        // within the budget.
+        let minimum = self.fastly.request_timeout_ms
+            + self.fastly.retry.max_delay_ms
+            + self.batch.linger_ms
+            + broker.publish_timeout_ms;
+        if redelivery.delivery_budget_ms <= minimum {
+            return Err(invalid(
+                "redelivery.delivery_budget_ms",
+                &redelivery.delivery_budget_ms.to_string(),
+                &format!(
+                    "must exceed {minimum}: fastly.request_timeout_ms + fastly.retry.max_delay_ms \
+                     + batch.linger_ms + broker.publish_timeout_ms, so that a job can make one \
+                     request and publish its result within it"
+                ),
             ));
         }
 
@@ -525,7 +671,12 @@ pub fn redact_url(value: &str) -> String {
             }
             url.to_string()
         }
-        Err(_) => "<unparsable URL>".to_owned(),
+        // Without a parsable URL there is no password field to find, so hide everything
+        // after a user part.
+        Err(_) => match value.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => value.to_owned(),
+        },
     }
 }
 
@@ -586,13 +737,17 @@ fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
 mod tests {
     use super::*;
 
-    fn no_env(_: &str) -> Option<String> {
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn resolve_env(_: &str) -> Option<String> {
         None
     }
 
     #[test]
     fn defaults_load_and_validate() {
-        let settings = Settings::load_with_env(None, no_env).unwrap();
+        let settings = Settings::load_with_env(None, no_env()).unwrap();
         assert_eq!(settings.broker.jobs_queue, "fastly.jobs");
         assert_eq!(settings.broker.results_queue, "fastly.results");
         assert_eq!(settings.broker.dead_letter_queue, "fastly.jobs.dead");
@@ -603,12 +758,14 @@ mod tests {
 
     #[test]
     fn well_known_variables_override() {
-        let env = |name: &str| match name {
-            "AMQP_URL" => Some("amqp://u:p@broker:5672/vh".to_owned()),
-            "FASTLY_API_URL" => Some("http://127.0.0.1:9000".to_owned()),
-            _ => None,
-        };
+        let env = [
+            ("AMQP_URL", "amqp://u:p@broker:5672/vh"),
+            ("FASTLY_API_URL", "http://127.0.0.1:9000"),
+            ("FPW_BROKER__PREFETCH", "77"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
         let settings = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(settings.prefetch(), 77);
         assert_eq!(settings.broker.url, "amqp://u:p@broker:5672/vh");
         assert_eq!(settings.fastly.api_url, "http://127.0.0.1:9000");
     }
@@ -642,19 +799,17 @@ mod tests {
 
     #[test]
     fn token_read_from_env_and_trimmed() {
-        let settings = Settings::load_with_env(None, no_env).unwrap();
+        let settings = Settings::load_with_env(None, no_env()).unwrap();
         let config = settings
             .resolve(|name| (name == "FASTLY_API_TOKEN").then(|| " tok-123\n".to_owned()))
             .unwrap();
-        let key = config.accounts["default"].fastly_key();
-        assert_eq!(key.to_str().unwrap(), "tok-123");
-        assert!(key.is_sensitive());
+        assert_eq!(config.accounts["default"].expose_token(), "tok-123");
     }
 
     #[test]
     fn missing_token_names_the_fix() {
-        let settings = Settings::load_with_env(None, no_env).unwrap();
-        let err = settings.resolve(no_env).unwrap_err().to_string();
+        let settings = Settings::load_with_env(None, no_env()).unwrap();
+        let err = settings.resolve(resolve_env).unwrap_err().to_string();
         assert!(err.contains("FASTLY_API_TOKEN"), "{err}");
         assert!(err.contains("--simulate"), "{err}");
     }
@@ -665,7 +820,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "file-token\n").unwrap();
-        let mut settings = Settings::load_with_env(None, no_env).unwrap();
+        let mut settings = Settings::load_with_env(None, no_env()).unwrap();
         settings.accounts.insert(
             "shop".to_owned(),
             AccountSource {
@@ -673,18 +828,15 @@ mod tests {
                 token_file: Some(path),
             },
         );
-        let config = settings.resolve(no_env).unwrap();
+        let config = settings.resolve(resolve_env).unwrap();
         assert!(!config.accounts.contains_key("default"));
-        assert_eq!(
-            config.accounts["shop"].fastly_key().to_str().unwrap(),
-            "file-token"
-        );
+        assert_eq!(config.accounts["shop"].expose_token(), "file-token");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn token_never_in_debug_output() {
-        let settings = Settings::load_with_env(None, no_env).unwrap();
+        let settings = Settings::load_with_env(None, no_env()).unwrap();
         let config = settings
             .resolve(|name| (name == "FASTLY_API_TOKEN").then(|| "s3cr3t-token".to_owned()))
             .unwrap();
@@ -704,7 +856,7 @@ mod tests {
 
     #[test]
     fn same_queue_names_rejected() {
-        let mut settings = Settings::load_with_env(None, no_env).unwrap();
+        let mut settings = Settings::load_with_env(None, no_env()).unwrap();
         settings.broker.results_queue = settings.broker.jobs_queue.clone();
         assert!(settings.validate().is_err());
     }
@@ -715,8 +867,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("worker.toml");
         std::fs::write(&path, "[broker]\nprefetch = 7\n").unwrap();
-        let settings = Settings::load_with_env(Some(&path), no_env).unwrap();
-        assert_eq!(settings.broker.prefetch, 7);
+        let settings = Settings::load_with_env(Some(&path), no_env()).unwrap();
+        assert_eq!(settings.prefetch(), 7);
         assert_eq!(settings.broker.jobs_queue, "fastly.jobs");
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -727,11 +879,40 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("worker.toml");
         std::fs::write(&path, "[broker]\nprefetsh = 7\n").unwrap();
-        let err = Settings::load_with_env(Some(&path), no_env)
+        let err = Settings::load_with_env(Some(&path), no_env())
             .unwrap_err()
             .to_string();
         assert!(err.contains("prefetsh"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn prefetch_derived_from_batch_and_in_flight() {
+        let mut settings = Settings::load_with_env(None, no_env()).unwrap();
+        assert_eq!(settings.broker.prefetch, None);
+        assert_eq!(settings.prefetch(), 256 * 16 * 2);
+        settings.limits.max_in_flight = 1000;
+        assert_eq!(settings.prefetch(), u16::MAX);
+    }
+
+    #[test]
+    fn redelivery_delays_grow_then_repeat() {
+        let settings = Settings::load_with_env(None, no_env()).unwrap();
+        let redelivery = &settings.redelivery;
+        assert_eq!(redelivery.delay_after(1), Duration::from_secs(10));
+        assert_eq!(redelivery.delay_after(2), Duration::from_secs(60));
+        assert_eq!(redelivery.delay_after(9), Duration::from_secs(900));
+        assert_eq!(redelivery.level_after(1), 1);
+        assert_eq!(redelivery.level_after(9), 4);
+        assert_eq!(
+            settings.retry_queues(),
+            [
+                "fastly.jobs.retry.1",
+                "fastly.jobs.retry.2",
+                "fastly.jobs.retry.3",
+                "fastly.jobs.retry.4"
+            ]
+        );
     }
 
     #[test]

@@ -8,17 +8,23 @@
 //! - [`job`] is the job and result contract: decoding, validation, error codes.
 //! - [`broker`] talks to RabbitMQ: topology, consuming, publishing with confirms, acks.
 //! - [`fastly`] is the Fastly API client with its error classification.
+//! - [`batch`] coalesces surrogate-key purges and purge_all jobs into shared requests.
+//! - [`limits`] holds the rate budgets per account and budget class.
+//! - [`gateway`] sends every Fastly request within its budget, with retries.
 //! - [`retry`] decides attempts and backoff for Fastly requests.
 //! - [`worker`] runs the pipeline that takes a delivery from decode to settle.
 //! - [`sim`] is a local Fastly API simulator for tests, demos and benchmarks.
 //! - [`telemetry`] sets up logging.
 //! - [`cli`] is the command line (`run`, `enqueue`, `simulate-fastly`, `check`).
 
+pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod fastly;
+pub mod gateway;
 pub mod job;
+pub mod limits;
 pub mod retry;
 pub mod sim;
 pub mod telemetry;

@@ -5,7 +5,7 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 
 use super::BrokerError;
@@ -23,6 +23,7 @@ impl JobConsumer {
     pub async fn start(
         connection: &Connection,
         settings: &BrokerSettings,
+        prefetch: u16,
         tag: &str,
     ) -> Result<JobConsumer, BrokerError> {
         let channel = connection
@@ -31,7 +32,7 @@ impl JobConsumer {
             .map_err(BrokerError::amqp("opening the consumer channel"))?;
         // The prefetch bounds the deliveries in progress; it must be set before consuming.
         channel
-            .basic_qos(settings.prefetch, BasicQosOptions::default())
+            .basic_qos(prefetch, BasicQosOptions::default())
             .await
             .map_err(BrokerError::amqp("setting the prefetch (basic.qos)"))?;
         let consumer = channel
@@ -72,6 +73,56 @@ impl JobConsumer {
     }
 }
 
+/// Header that counts a job's trips through a delay queue.
+pub const RETRY_COUNT_HEADER: &str = "x-retry-count";
+/// Header that counts a job's deliveries in which Fastly requests failed transiently.
+pub const ATTEMPT_COUNT_HEADER: &str = "x-attempt-count";
+/// Header that counts the Fastly requests of a job's earlier deliveries.
+pub const REQUEST_ATTEMPTS_HEADER: &str = "x-request-attempts";
+
+/// A job's history of retries through the delay queues, read from its headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryCounts {
+    /// Trips through a delay queue so far.
+    pub retries: u32,
+    /// Earlier deliveries whose Fastly requests failed transiently.
+    pub failed_attempts: u32,
+    /// Fastly requests made in earlier deliveries.
+    pub requests: u32,
+}
+
+impl RetryCounts {
+    /// Reads the counters; a header of an unexpected type counts as absent.
+    pub fn from_headers(headers: Option<&FieldTable>) -> RetryCounts {
+        let read = |name: &str| {
+            headers
+                .and_then(|table| table.inner().get(name))
+                .and_then(amqp_integer)
+                .unwrap_or(0)
+        };
+        RetryCounts {
+            retries: read(RETRY_COUNT_HEADER),
+            failed_attempts: read(ATTEMPT_COUNT_HEADER),
+            requests: read(REQUEST_ATTEMPTS_HEADER),
+        }
+    }
+}
+
+/// Reads a non-negative integer header value of any AMQP integer type.
+fn amqp_integer(value: &AMQPValue) -> Option<u32> {
+    let wide: i64 = match value {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => return None,
+    };
+    u32::try_from(wide).ok()
+}
+
 /// One delivery of the jobs queue.
 #[derive(Debug)]
 pub struct Incoming {
@@ -81,6 +132,8 @@ pub struct Incoming {
     pub correlation_id: Option<String>,
     pub redelivered: bool,
     pub delivery_tag: u64,
+    /// Where the job stands in its retries through the delay queues, from its headers.
+    pub retries: RetryCounts,
     pub(super) exchange: String,
     pub(super) routing_key: String,
     /// The original properties, kept whole for dead letters.
@@ -106,6 +159,7 @@ impl Incoming {
             correlation_id: text(properties.correlation_id().as_ref()),
             redelivered: delivery.redelivered,
             delivery_tag: delivery.delivery_tag,
+            retries: RetryCounts::from_headers(properties.headers().as_ref()),
             exchange: delivery.exchange.as_str().to_owned(),
             routing_key: delivery.routing_key.as_str().to_owned(),
             body: delivery.data,
@@ -122,6 +176,23 @@ impl Incoming {
             .map(|_| ())
             .map_err(BrokerError::amqp(format!(
                 "acking delivery {}",
+                self.delivery_tag
+            )))
+    }
+
+    /// Rejects the delivery without requeueing it, so RabbitMQ dead-letters it through the
+    /// jobs queue's dead-letter exchange. For a job whose result or dead letter the broker
+    /// would not take: running it again could not fix that, and a loop would repeat its purges.
+    pub async fn reject(&self) -> Result<(), BrokerError> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(BrokerError::amqp(format!(
+                "rejecting delivery {}",
                 self.delivery_tag
             )))
     }

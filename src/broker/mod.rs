@@ -1,15 +1,21 @@
 //! The broker: RabbitMQ connections, the worker's queue topology, consuming deliveries,
-//! publishing results and dead letters with publisher confirms, and acks.
+//! publishing results, dead letters and delayed retries with publisher confirms, acks, and the
+//! producer side used by the command line.
 //!
 //! This is the only module that uses lapin. The worker sees an [`Incoming`] delivery and a
 //! [`Publisher`]; it never touches an AMQP type. It knows nothing of Fastly.
 
+mod client;
 mod consume;
 mod publish;
 mod topology;
 
-pub use consume::{Incoming, JobConsumer};
-pub use publish::{DeadLetter, Publisher, ResultTarget};
+pub use client::{JobProducer, QueueStatus, queue_status};
+pub use consume::{
+    ATTEMPT_COUNT_HEADER, Incoming, JobConsumer, REQUEST_ATTEMPTS_HEADER, RETRY_COUNT_HEADER,
+    RetryCounts,
+};
+pub use publish::{DeadLetter, Publisher, ResultTarget, RetryLetter};
 pub use topology::{declare_topology, queue_arguments};
 
 use lapin::{Connection, ConnectionProperties};
@@ -19,8 +25,11 @@ use crate::config::BrokerSettings;
 /// A broker failure, worded for the operator.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    #[error("cannot connect to RabbitMQ at {url}: {source}")]
-    Connect { url: String, source: lapin::Error },
+    #[error(
+        "cannot connect to RabbitMQ at {url}: {cause}; check that the broker runs and that \
+         AMQP_URL (broker.url) names the right host, port, user, password and vhost"
+    )]
+    Connect { url: String, cause: lapin::Error },
     /// A queue exists with arguments other than the ones the worker declares.
     #[error(
         "queue {queue:?} already exists with a different {argument:?} \
@@ -32,21 +41,20 @@ pub enum BrokerError {
         argument: String,
         detail: String,
     },
-    #[error("{action} failed: {source}")]
-    Amqp {
-        action: String,
-        source: lapin::Error,
-    },
+    #[error("{action} failed: {cause}")]
+    Amqp { action: String, cause: lapin::Error },
     #[error("RabbitMQ did not confirm {what} within {timeout_ms} ms")]
     ConfirmTimeout { what: String, timeout_ms: u64 },
     #[error("RabbitMQ rejected {what} (publisher nack)")]
     Nacked { what: String },
+    #[error("no queue named {queue:?} took {what}; was it deleted?")]
+    Unroutable { what: String, queue: String },
 }
 
 impl BrokerError {
     pub(crate) fn amqp(action: impl Into<String>) -> impl FnOnce(lapin::Error) -> BrokerError {
         let action = action.into();
-        move |source| BrokerError::Amqp { action, source }
+        move |cause| BrokerError::Amqp { action, cause }
     }
 }
 
@@ -63,8 +71,8 @@ pub async fn connect_named(
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(&settings.url, properties)
         .await
-        .map_err(|source| BrokerError::Connect {
+        .map_err(|cause| BrokerError::Connect {
             url: settings.redacted_url(),
-            source,
+            cause,
         })
 }

@@ -10,8 +10,14 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+use super::consume::{
+    ATTEMPT_COUNT_HEADER, REQUEST_ATTEMPTS_HEADER, RETRY_COUNT_HEADER, RetryCounts,
+};
 use super::{BrokerError, Incoming};
 use crate::config::BrokerSettings;
+
+/// Prefix of RabbitMQ's direct reply-to pseudo-queue names.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -23,6 +29,17 @@ pub enum ResultTarget {
     ReplyTo(String),
     /// The results queue, for jobs without reply_to or whose reply_to queue is gone.
     ResultsQueue,
+}
+
+/// A job sent to a delay queue, to be delivered again after `delay`.
+#[derive(Debug, Clone)]
+pub struct RetryLetter<'a> {
+    pub queue: &'a str,
+    pub delay: Duration,
+    /// The job's counters after this delivery.
+    pub counts: RetryCounts,
+    pub code: &'a str,
+    pub message: &'a str,
 }
 
 /// Why a message went to the dead-letter queue; written into its headers.
@@ -65,6 +82,13 @@ impl Publisher {
         })
     }
 
+    /// Closes the publisher's channel, after every confirm it waits for.
+    pub async fn close(&self) {
+        if self.is_open() {
+            let _ = self.channel.close(200, "worker stopping".into()).await;
+        }
+    }
+
     /// Returns whether the publisher's channel is still open. After a channel error every
     /// publish fails, so the worker must stop rather than requeue deliveries in a loop.
     pub fn is_open(&self) -> bool {
@@ -98,20 +122,25 @@ impl Publisher {
         }
 
         if let Some(reply_to) = &incoming.reply_to {
-            let routed = self
-                .publish("a result", reply_to, body, properties.clone(), true)
-                .await?;
-            if routed {
-                return Ok(ResultTarget::ReplyTo(reply_to.clone()));
+            // RabbitMQ returns results sent to direct reply-to as unroutable even when they
+            // arrive, so a mandatory publish would duplicate them into the results queue.
+            let mandatory = !reply_to.starts_with(DIRECT_REPLY_TO);
+            match self
+                .publish("a result", reply_to, body, properties.clone(), mandatory)
+                .await
+            {
+                Ok(()) => return Ok(ResultTarget::ReplyTo(reply_to.clone())),
+                Err(err) if self.is_open() => tracing::warn!(
+                    job_id,
+                    reply_to = ?reply_to,
+                    results_queue = %self.results_queue,
+                    error = %err,
+                    "cannot publish the result to reply_to, publishing it to the results queue"
+                ),
+                Err(err) => return Err(err),
             }
-            tracing::warn!(
-                job_id,
-                reply_to = %reply_to,
-                results_queue = %self.results_queue,
-                "reply_to queue does not exist, publishing the result to the results queue"
-            );
         }
-        self.publish("a result", &self.results_queue, body, properties, false)
+        self.publish("a result", &self.results_queue, body, properties, true)
             .await?;
         Ok(ResultTarget::ResultsQueue)
     }
@@ -137,38 +166,51 @@ impl Publisher {
             "x-attempts".into(),
             AMQPValue::LongLongInt(i64::from(reason.attempts)),
         );
-        headers.insert(
-            "x-failed-at".into(),
-            long_string(&chrono::Utc::now().to_rfc3339()),
-        );
-        headers.insert(
-            "x-original-exchange".into(),
-            long_string(&incoming.exchange),
-        );
-        headers.insert(
-            "x-original-routing-key".into(),
-            long_string(&incoming.routing_key),
-        );
-        if let Some(user_id) = incoming.properties.user_id() {
-            headers.insert("x-original-user-id".into(), long_string(user_id.as_str()));
-        }
-        let mut properties = incoming.properties.clone().with_headers(headers);
-        properties = properties.with_delivery_mode(PERSISTENT);
-        let properties = without_expiration(properties);
-
+        headers.insert("x-failed-at".into(), long_string(&now_rfc3339()));
+        let properties = copy_for_republish(incoming, headers);
         self.publish(
             "a dead letter",
             &self.dead_letter_queue,
             &incoming.body,
             properties,
-            false,
+            true,
         )
         .await
-        .map(|_| ())
     }
 
-    /// Publishes through the default exchange and waits for the confirm. Returns false when a
-    /// mandatory message could not be routed to `queue`.
+    /// Publishes a copy of the delivery to a delay queue, from which RabbitMQ returns it to
+    /// the jobs queue after `letter.delay`, and waits for the confirm.
+    pub async fn retry_later(
+        &self,
+        incoming: &Incoming,
+        letter: &RetryLetter<'_>,
+    ) -> Result<(), BrokerError> {
+        let mut headers = incoming.properties.headers().clone().unwrap_or_default();
+        let counts = [
+            (RETRY_COUNT_HEADER, letter.counts.retries),
+            (ATTEMPT_COUNT_HEADER, letter.counts.failed_attempts),
+            (REQUEST_ATTEMPTS_HEADER, letter.counts.requests),
+        ];
+        for (name, value) in counts {
+            headers.insert(name.into(), AMQPValue::LongLongInt(i64::from(value)));
+        }
+        headers.insert("x-last-error-code".into(), long_string(letter.code));
+        headers.insert("x-last-error-message".into(), long_string(letter.message));
+        let millis = letter.delay.as_millis().max(1).to_string();
+        let properties =
+            copy_for_republish(incoming, headers).with_expiration(millis.as_str().into());
+        self.publish(
+            "a delayed retry",
+            letter.queue,
+            &incoming.body,
+            properties,
+            true,
+        )
+        .await
+    }
+
+    /// Publishes through the default exchange and waits for the confirm. A mandatory message
+    /// that no queue took is an error, so nothing is acked on the strength of a lost publish.
     async fn publish(
         &self,
         what: &str,
@@ -176,9 +218,10 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
-    ) -> Result<bool, BrokerError> {
-        let routing_key = ShortString::try_new(queue).map_err(|_| BrokerError::Nacked {
-            what: format!("{what} for a queue name over 255 bytes"),
+    ) -> Result<(), BrokerError> {
+        let routing_key = ShortString::try_new(queue).map_err(|_| BrokerError::Unroutable {
+            what: what.to_owned(),
+            queue: queue.chars().take(64).collect(),
         })?;
         let options = BasicPublishOptions {
             mandatory,
@@ -201,8 +244,11 @@ impl Publisher {
                 timeout_ms: self.timeout.as_millis() as u64,
             })??;
         match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(true),
-            Confirmation::Ack(Some(_returned)) => Ok(false),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable {
+                what: what.to_owned(),
+                queue: queue.to_owned(),
+            }),
             Confirmation::Nack(_) => Err(BrokerError::Nacked {
                 what: format!("{what} to {queue:?}"),
             }),
@@ -214,45 +260,78 @@ fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text.as_bytes().to_vec()))
 }
 
-/// Copies the properties without `expiration`, which would let the broker discard the copy,
-/// and without `user_id`, which RabbitMQ rejects unless it names the publishing connection's
-/// user (the original one is kept in the `x-original-user-id` header).
-fn without_expiration(properties: BasicProperties) -> BasicProperties {
-    let mut copy = BasicProperties::default();
-    if let Some(v) = properties.content_type() {
+/// Returns the current time as results write it, such as `2026-01-31T12:00:00.250Z`.
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Copies a delivery's properties for publishing it again, with `headers` and persistent.
+/// Routing headers (CC, BCC) are renamed so the copy reaches only the queue it is sent to.
+///
+/// `expiration` is dropped, because it would let the broker discard the copy. `user_id` is
+/// dropped, because RabbitMQ rejects it unless it names the publishing connection's user; the
+/// original is kept in the `x-original-user-id` header. The exchange and routing key the job
+/// first arrived with are kept as headers too.
+fn copy_for_republish(incoming: &Incoming, headers: FieldTable) -> BasicProperties {
+    let original = &incoming.properties;
+    // RabbitMQ routes a message to the queues in its CC and BCC headers as well. Kept, they
+    // would send every dead letter and delayed retry back to the jobs queue too, in a loop.
+    let mut headers: FieldTable = headers
+        .inner()
+        .iter()
+        .map(|(name, value)| match name.as_str() {
+            "CC" => ("x-original-cc".into(), value.clone()),
+            "BCC" => ("x-original-bcc".into(), value.clone()),
+            _ => (name.clone(), value.clone()),
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into();
+    if let Some(user_id) = original.user_id() {
+        headers.insert("x-original-user-id".into(), long_string(user_id.as_str()));
+    }
+    // A job back from a delay queue arrived through the default exchange; keep the first.
+    if !headers.contains_key("x-original-exchange") {
+        headers.insert(
+            "x-original-exchange".into(),
+            long_string(&incoming.exchange),
+        );
+        headers.insert(
+            "x-original-routing-key".into(),
+            long_string(&incoming.routing_key),
+        );
+    }
+
+    let mut copy = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
+    if let Some(v) = original.content_type() {
         copy = copy.with_content_type(v.clone());
     }
-    if let Some(v) = properties.content_encoding() {
+    if let Some(v) = original.content_encoding() {
         copy = copy.with_content_encoding(v.clone());
     }
-    if let Some(v) = properties.headers() {
-        copy = copy.with_headers(v.clone());
-    }
-    if let Some(v) = properties.delivery_mode() {
-        copy = copy.with_delivery_mode(*v);
-    }
-    if let Some(v) = properties.priority() {
+    if let Some(v) = original.priority() {
         copy = copy.with_priority(*v);
     }
-    if let Some(v) = properties.correlation_id() {
+    if let Some(v) = original.correlation_id() {
         copy = copy.with_correlation_id(v.clone());
     }
-    if let Some(v) = properties.reply_to() {
+    if let Some(v) = original.reply_to() {
         copy = copy.with_reply_to(v.clone());
     }
-    if let Some(v) = properties.message_id() {
+    if let Some(v) = original.message_id() {
         copy = copy.with_message_id(v.clone());
     }
-    if let Some(v) = properties.timestamp() {
+    if let Some(v) = original.timestamp() {
         copy = copy.with_timestamp(*v);
     }
-    if let Some(v) = properties.kind() {
+    if let Some(v) = original.kind() {
         copy = copy.with_type(v.clone());
     }
-    if let Some(v) = properties.app_id() {
+    if let Some(v) = original.app_id() {
         copy = copy.with_app_id(v.clone());
     }
-    if let Some(v) = properties.cluster_id() {
+    if let Some(v) = original.cluster_id() {
         copy = copy.with_cluster_id(v.clone());
     }
     copy

@@ -12,6 +12,9 @@ use crate::config::{BrokerSettings, QueueType};
 
 /// Returns the arguments the worker declares a queue with.
 pub fn queue_arguments(settings: &BrokerSettings, queue: &str) -> FieldTable {
+    if is_retry_queue(settings, queue) {
+        return retry_queue_arguments(settings);
+    }
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-queue-type".into(),
@@ -35,6 +38,39 @@ pub fn queue_arguments(settings: &BrokerSettings, queue: &str) -> FieldTable {
     arguments
 }
 
+/// Returns whether `queue` is one of the delay queues, named `retry_queue.N`.
+fn is_retry_queue(settings: &BrokerSettings, queue: &str) -> bool {
+    queue
+        .strip_prefix(settings.retry_queue.as_str())
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|level| !level.is_empty() && level.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A delay queue: a message waits there until its per-message TTL ends, then RabbitMQ
+/// dead-letters it back to the jobs queue. Nothing consumes it.
+fn retry_queue_arguments(settings: &BrokerSettings) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        long_string(settings.queue_type.as_str()),
+    );
+    arguments.insert("x-dead-letter-exchange".into(), long_string(""));
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        long_string(&settings.jobs_queue),
+    );
+    if settings.queue_type == QueueType::Quorum {
+        // Quorum queues dead-letter at most once unless told otherwise; at-least-once needs
+        // the reject-publish overflow mode, so a message is never dropped on its way back.
+        arguments.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        arguments.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+    arguments
+}
+
 fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text.as_bytes().to_vec()))
 }
@@ -46,12 +82,15 @@ fn long_string(text: &str) -> AMQPValue {
 pub async fn declare_topology(
     connection: &Connection,
     settings: &BrokerSettings,
+    retry_queues: &[String],
 ) -> Result<(), BrokerError> {
-    for queue in [
+    let mut queues = vec![
         &settings.dead_letter_queue,
         &settings.results_queue,
         &settings.jobs_queue,
-    ] {
+    ];
+    queues.extend(retry_queues);
+    for queue in queues {
         let channel = connection
             .create_channel()
             .await
@@ -115,9 +154,15 @@ async fn declare_queue(
         .await
     {
         Ok(_) => Ok(()),
-        Err(err) => Err(conflict(queue, &err)
-            .unwrap_or_else(|| BrokerError::amqp(format!("declaring queue {queue:?}"))(err))),
+        Err(err) => Err(declare_error(queue, err)),
     }
+}
+
+/// Turns a failed queue declaration into a conflict error when the queue exists with other
+/// arguments, else into a plain AMQP error.
+pub(super) fn declare_error(queue: &str, err: lapin::Error) -> BrokerError {
+    conflict(queue, &err)
+        .unwrap_or_else(|| BrokerError::amqp(format!("declaring queue {queue:?}"))(err))
 }
 
 /// Recognizes RabbitMQ's PRECONDITION_FAILED reply to a declaration that differs from the

@@ -5,8 +5,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use chrono::Utc;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 
 use crate::broker;
 use crate::config::Config;
@@ -57,37 +55,30 @@ async fn check_broker(config: &Config) -> usize {
         }
     };
     println!("broker: connected to {}", settings.redacted_url());
-    for queue in [
-        &settings.jobs_queue,
-        &settings.results_queue,
-        &settings.dead_letter_queue,
-    ] {
-        // A passive declare fails and closes its channel when the queue is missing.
-        let Ok(channel) = connection.create_channel().await else {
-            println!("  queue {queue}: PROBLEM: cannot open a channel");
-            return 1;
-        };
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        match channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await
-        {
-            Ok(found) => println!(
-                "  queue {queue}: {} messages ready, {} consumers",
-                found.message_count(),
-                found.consumer_count()
-            ),
-            Err(_) => {
-                println!("  queue {queue}: not declared yet (the worker declares it at start)")
+    let mut queues = vec![
+        settings.jobs_queue.clone(),
+        settings.results_queue.clone(),
+        settings.dead_letter_queue.clone(),
+    ];
+    queues.extend(config.settings.retry_queues());
+    // Declaring with the worker's arguments finds queues that would stop the worker.
+    let problems = match broker::queue_status(&connection, settings, &queues).await {
+        Ok(statuses) => {
+            for status in statuses {
+                println!(
+                    "  queue {}: {} messages ready, {} consumers",
+                    status.name, status.messages, status.consumers
+                );
             }
+            0
         }
-        let _ = channel.close(200, "checked".into()).await;
-    }
+        Err(err) => {
+            println!("  PROBLEM: {err}");
+            1
+        }
+    };
     let _ = connection.close(200, "check done".into()).await;
-    0
+    problems
 }
 
 /// Reads each account's token and prints what it allows; returns the number of problems.

@@ -6,15 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation};
 use serde_json::{Map, Value, json};
 
-use crate::broker;
+use crate::broker::{self, JobProducer};
 use crate::job::{JobResult, MessageMeta, Status, decode, validate};
 
 #[derive(Debug, clap::Args)]
@@ -30,8 +24,10 @@ pub struct EnqueueArgs {
     /// Wait for the job's result and print it. The exit code is 0 only if the job succeeded.
     #[arg(long, global = true)]
     wait: bool,
-    /// Seconds to wait for the result with --wait.
-    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS")]
+    /// Seconds to wait for the result with --wait. The job stays queued after the timeout and
+    /// runs when a worker takes it.
+    #[arg(long, global = true, default_value_t = 30, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..), requires = "wait")]
     timeout: u64,
 }
 
@@ -39,11 +35,13 @@ pub struct EnqueueArgs {
 enum JobArgs {
     /// Purge surrogate keys of a service.
     PurgeKeys {
+        /// Fastly service id (letters and digits).
         #[arg(long = "service", value_name = "SERVICE_ID")]
         service_id: String,
         /// Mark content stale instead of removing it.
         #[arg(long)]
         soft: bool,
+        /// Surrogate keys to purge.
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,
     },
@@ -52,23 +50,28 @@ enum JobArgs {
         /// Mark content stale instead of removing it.
         #[arg(long)]
         soft: bool,
+        /// Absolute http or https URLs to purge.
         #[arg(required = true, value_name = "URL")]
         urls: Vec<String>,
     },
     /// Purge everything cached for a service.
     PurgeAll {
+        /// Fastly service id (letters and digits).
         #[arg(long = "service", value_name = "SERVICE_ID")]
         service_id: String,
     },
     /// List the account's services: one page with --page, otherwise all.
     ListServices {
+        /// Page to read (from 1); without it, every page is read.
         #[arg(long)]
         page: Option<u32>,
+        /// Services per page (Fastly's default is 20).
         #[arg(long)]
         per_page: Option<u32>,
     },
     /// Read a service with its active version.
     GetService {
+        /// Fastly service id (letters and digits); `list-services` shows them.
         #[arg(long = "service", value_name = "SERVICE_ID")]
         service_id: String,
     },
@@ -145,105 +148,29 @@ pub async fn enqueue(config_file: Option<&Path>, args: EnqueueArgs) -> anyhow::R
     }
 
     let connection = broker::connect_named(broker_settings, "fastly-purge-worker enqueue").await?;
-    broker::declare_topology(&connection, broker_settings).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("cannot open a channel")?;
-
-    let mut results = None;
-    let mut properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_message_id(job_id.as_str().into())
-        .with_correlation_id(job_id.as_str().into());
-    if args.wait {
-        // A private, server-named queue that disappears with this connection.
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot declare a reply queue")?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "enqueue".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .context("cannot consume the reply queue")?;
-        properties = properties.with_reply_to(queue.name().clone());
-        results = Some(consumer);
-    }
-
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("cannot enable publisher confirms")?;
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            broker_settings.jobs_queue.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            properties,
-        )
-        .await
-        .context("cannot publish the job")?
-        .await
-        .context("RabbitMQ did not confirm the job")?;
-    match confirmation {
-        Confirmation::Ack(None) => {}
-        Confirmation::Ack(Some(_)) => bail!(
-            "RabbitMQ could not route the job to queue {:?}",
-            broker_settings.jobs_queue
-        ),
-        Confirmation::Nack(_) | Confirmation::NotRequested => {
-            bail!("RabbitMQ did not accept the job")
-        }
-    }
+    broker::declare_topology(&connection, broker_settings, &settings.retry_queues()).await?;
+    let mut producer = JobProducer::open(&connection, broker_settings, args.wait).await?;
+    producer.publish(&job_id, &body).await?;
     eprintln!(
         "published job {job_id} to queue {}",
         broker_settings.jobs_queue
     );
-
-    let Some(mut results) = results else {
+    if !args.wait {
         let _ = connection.close(200, "done".into()).await;
         return Ok(ExitCode::SUCCESS);
-    };
+    }
+
     let timeout = Duration::from_secs(args.timeout);
-    let wait = async {
-        while let Some(delivery) = results.next().await {
-            let delivery = delivery.context("the reply queue failed")?;
-            let correlation = delivery.properties.correlation_id().as_ref();
-            if correlation.map(|id| id.as_str()) == Some(job_id.as_str()) {
-                return Ok(delivery.data);
-            }
-        }
-        bail!("the reply queue closed before the result arrived")
-    };
-    let data = tokio::time::timeout(timeout, wait).await.map_err(|_| {
-        anyhow::anyhow!(
-            "no result within {} s; is a worker running on queue {:?}? (raise --timeout to wait longer)",
+    let data = producer.wait_for_result(&job_id, timeout).await?;
+    let _ = connection.close(200, "done".into()).await;
+    let Some(data) = data else {
+        bail!(
+            "no result within {} s; is a worker running on queue {:?}? The job stays queued \
+             and runs when a worker takes it; raise --timeout to wait longer",
             args.timeout,
             broker_settings.jobs_queue
-        )
-    })??;
-    let _ = connection.close(200, "done".into()).await;
+        );
+    };
 
     let result: JobResult =
         serde_json::from_slice(&data).context("the result is not a valid result message")?;

@@ -1,5 +1,6 @@
 //! `run`: the worker, against Fastly or, with `--simulate`, against a built-in simulator.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -27,8 +28,16 @@ pub async fn run(config_file: Option<&Path>, args: RunArgs) -> anyhow::Result<Ex
     let stop = worker.stopper();
     let signal = tokio::spawn(async move {
         super::shutdown_signal().await;
-        tracing::info!("shutdown signal received");
+        // Stop first: logging can fail when stderr is gone.
         let _ = stop.send(true);
+        tracing::info!("shutdown signal received, stopping");
+        // A second signal ends the process at once, for an operator who cannot wait.
+        super::shutdown_signal().await;
+        let _ = writeln!(
+            std::io::stderr(),
+            "second shutdown signal received, exiting without waiting for jobs"
+        );
+        std::process::exit(super::EXIT_FAILURE.into());
     });
     let ended = worker.wait().await;
     signal.abort();

@@ -32,6 +32,9 @@ pub enum FastlyError {
     /// A 2xx reply whose body is not what the endpoint returns.
     #[error("Fastly sent an unexpected reply: {0}")]
     InvalidReply(String),
+    /// The request could not be built as asked; nothing was sent.
+    #[error("the request was not sent: {0}")]
+    InvalidRequest(String),
 }
 
 /// What to do about a failed request.
@@ -58,7 +61,9 @@ impl FastlyError {
             {
                 ErrorClass::Transient
             }
-            FastlyError::Status { .. } | FastlyError::InvalidReply(_) => ErrorClass::Permanent,
+            FastlyError::Status { .. }
+            | FastlyError::InvalidReply(_)
+            | FastlyError::InvalidRequest(_) => ErrorClass::Permanent,
             FastlyError::Timeout(_) | FastlyError::Connect(_) | FastlyError::Transport(_) => {
                 ErrorClass::Transient
             }
@@ -98,6 +103,7 @@ impl FastlyError {
             FastlyError::Timeout(_) => ErrorCode::FastlyTimeout,
             FastlyError::Connect(_) | FastlyError::Transport(_) => ErrorCode::FastlyConnection,
             FastlyError::InvalidReply(_) => ErrorCode::FastlyInvalidReply,
+            FastlyError::InvalidRequest(_) => ErrorCode::InvalidField,
         }
     }
 

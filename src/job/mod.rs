@@ -164,6 +164,10 @@ pub enum ErrorCode {
     FastlyTimeout,
     FastlyConnection,
     FastlyInvalidReply,
+    /// The job did not finish within the delivery budget of any of its deliveries.
+    TimedOut,
+    /// A defect in the worker stopped the job.
+    InternalError,
 }
 
 impl ErrorCode {
@@ -189,6 +193,8 @@ impl ErrorCode {
             ErrorCode::FastlyTimeout => "fastly_timeout",
             ErrorCode::FastlyConnection => "fastly_connection",
             ErrorCode::FastlyInvalidReply => "fastly_invalid_reply",
+            ErrorCode::TimedOut => "timed_out",
+            ErrorCode::InternalError => "internal_error",
         }
     }
 }

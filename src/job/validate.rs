@@ -57,16 +57,17 @@ impl fmt::Display for ServiceId {
     }
 }
 
-/// A URL to purge: the URL as the job gave it, and the Fastly API path that purges it.
+/// A URL to purge: the URL as the job gave it, and its parts as Fastly's URL purge takes them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PurgeUrl {
     /// The URL exactly as in the job; results use it as the key of its purge id.
     pub original: String,
-    /// `/purge/{host}{path}` with the query string: the host lowercased (IDNA domains in their
-    /// ASCII form), the port when it is not the scheme's default, the path's percent-encoding
-    /// and the query kept, non-ASCII characters percent-encoded as UTF-8, dot segments
-    /// resolved, the fragment dropped.
-    pub api_path: String,
+    /// The host, lowercased (IDNA domains in their ASCII form), with the port when it is not
+    /// the scheme's default.
+    pub host: String,
+    /// The path and query: percent-encoding kept, non-ASCII characters percent-encoded as
+    /// UTF-8, dot segments resolved, the fragment dropped. Starts with '/'.
+    pub path_and_query: String,
 }
 
 impl PurgeUrl {
@@ -95,26 +96,26 @@ impl PurgeUrl {
                 "contains a user name or password; remove the credentials from the URL".to_owned(),
             );
         }
-        let host = url
-            .host_str()
-            .filter(|host| !host.is_empty())
-            .ok_or_else(|| "has no host".to_owned())?;
-
-        let mut api_path = String::with_capacity(value.len() + 8);
-        api_path.push_str("/purge/");
-        api_path.push_str(host);
-        if let Some(port) = url.port() {
-            api_path.push(':');
-            api_path.push_str(&port.to_string());
+        let host = url.host_str().unwrap_or_default();
+        // A host of dots or with empty labels would become a dot segment of the API path.
+        if host.is_empty() || host.split('.').any(str::is_empty) && !host.starts_with('[') {
+            return Err(format!("has the invalid host {host:?}"));
         }
-        api_path.push_str(url.path());
+
+        let mut host_port = host.to_owned();
+        if let Some(port) = url.port() {
+            host_port.push(':');
+            host_port.push_str(&port.to_string());
+        }
+        let mut path_and_query = url.path().to_owned();
         if let Some(query) = url.query() {
-            api_path.push('?');
-            api_path.push_str(query);
+            path_and_query.push('?');
+            path_and_query.push_str(query);
         }
         Ok(PurgeUrl {
             original: value.to_owned(),
-            api_path,
+            host: host_port,
+            path_and_query,
         })
     }
 }
@@ -505,35 +506,57 @@ mod tests {
         assert!(check(json!({"type":"purge_all","service_id":"s1","soft":false})).is_ok());
     }
 
+    fn parts(url: &str) -> (String, String) {
+        let url = PurgeUrl::parse(url).unwrap();
+        (url.host, url.path_and_query)
+    }
+
     #[test]
     fn url_path_encoding_and_query_kept() {
-        let url = PurgeUrl::parse("https://www.Example.com/a%2Fb/c%20d.jpg?x=1&y=%41").unwrap();
-        assert_eq!(
-            url.api_path,
-            "/purge/www.example.com/a%2Fb/c%20d.jpg?x=1&y=%41"
-        );
+        let (host, path) = parts("https://www.Example.com/a%2Fb/c%20d.jpg?x=1&y=%41");
+        assert_eq!(host, "www.example.com");
+        assert_eq!(path, "/a%2Fb/c%20d.jpg?x=1&y=%41");
     }
 
     #[test]
     fn url_non_ascii_encoded_as_utf8() {
-        let url = PurgeUrl::parse("http://example.com/caf\u{e9}?q=\u{fc}").unwrap();
-        assert_eq!(url.api_path, "/purge/example.com/caf%C3%A9?q=%C3%BC");
+        assert_eq!(
+            parts("http://example.com/caf\u{e9}?q=\u{fc}").1,
+            "/caf%C3%A9?q=%C3%BC"
+        );
     }
 
     #[test]
     fn url_port_and_fragment() {
-        let url = PurgeUrl::parse("http://example.com:8080/a#frag").unwrap();
-        assert_eq!(url.api_path, "/purge/example.com:8080/a");
-        let default_port = PurgeUrl::parse("https://example.com:443/").unwrap();
-        assert_eq!(default_port.api_path, "/purge/example.com/");
+        assert_eq!(
+            parts("http://example.com:8080/a#frag"),
+            ("example.com:8080".to_owned(), "/a".to_owned())
+        );
+        assert_eq!(parts("https://example.com:443/").0, "example.com");
     }
 
     #[test]
     fn url_dot_segments_cannot_leave_the_host() {
-        let url = PurgeUrl::parse("http://example.com/../../service/abc/purge_all").unwrap();
-        assert_eq!(url.api_path, "/purge/example.com/service/abc/purge_all");
-        let encoded = PurgeUrl::parse("http://example.com/%2e%2e/%2E%2E/x").unwrap();
-        assert_eq!(encoded.api_path, "/purge/example.com/x");
+        assert_eq!(
+            parts("http://example.com/../../service/abc/purge_all").1,
+            "/service/abc/purge_all"
+        );
+        assert_eq!(parts("http://example.com/%2e%2e/%2E%2E/x").1, "/x");
+    }
+
+    #[test]
+    fn url_hosts_of_dots_rejected() {
+        for bad in [
+            "http://../service/abc/purge_all",
+            "http://%2e%2e/service/abc/purge/k",
+            "http://./x",
+            "http://a..b/x",
+            "http://.example.com/",
+        ] {
+            assert!(PurgeUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(PurgeUrl::parse("http://[::1]:8080/x").is_ok());
+        assert!(PurgeUrl::parse("http://127.0.0.1/x").is_ok());
     }
 
     #[test]

@@ -6,10 +6,15 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::config::Account;
-use crate::fastly::{FastlyClient, TokenInfo};
+use crate::fastly::TokenInfo;
+use crate::gateway::Gateway;
 use crate::job::{ErrorCode, Job, Rejection};
-use crate::retry::{RetryPolicy, with_retries};
+use crate::limits::BudgetClass;
 
 /// An account and, when Fastly told us, its token's scopes, services and expiry.
 #[derive(Debug, Clone)]
@@ -29,16 +34,25 @@ impl AccountRegistry {
     /// Reads tokens/self for every account. A token that cannot be read is logged and left
     /// unchecked rather than stopping the worker.
     pub async fn load(
-        client: &FastlyClient,
+        gateway: &Gateway,
         accounts: &BTreeMap<String, Account>,
-        policy: &RetryPolicy,
+        timeout: Duration,
     ) -> AccountRegistry {
         let mut entries = BTreeMap::new();
         for (name, account) in accounts {
-            let attempted =
-                with_retries(policy, "tokens/self", || client.token_self(account)).await;
-            let token = match attempted.result {
-                Ok(reply) => match TokenInfo::from_json(&reply.value) {
+            let deadline = Instant::now() + timeout;
+            let called = gateway
+                .call(
+                    account,
+                    BudgetClass::Read,
+                    "tokens/self",
+                    deadline,
+                    None,
+                    || gateway.client().token_self(account),
+                )
+                .await;
+            let token = match called.result {
+                Ok(value) => match TokenInfo::from_json(&value) {
                     Ok(info) => {
                         log_token(name, &info);
                         Some(info)

@@ -1,190 +1,209 @@
-//! Execute: a validated, authorized job to Fastly requests and an [`Outcome`]. This is the only
-//! pipeline stage that makes HTTP requests; each request gets the retry policy.
+//! Execute: a validated, authorized job to Fastly requests and an [`Outcome`]. Key purges and
+//! purge_all go through the batcher; URL purges and reads go straight through the gateway.
+//! This is the only pipeline stage that causes HTTP requests.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use super::outcome::Outcome;
+use crate::batch::{Batcher, KeysResult};
 use crate::config::Account;
-use crate::fastly::{FastlyClient, FastlyError, MAX_KEYS_PER_REQUEST, Reply, service_list_path};
+use crate::fastly::{FastlyError, service_list_path};
+use crate::gateway::{CallError, Called, Gateway};
 use crate::job::{JobKind, PurgeUrl, ServiceId};
-use crate::retry::{Attempted, RetryPolicy, with_retries};
+use crate::limits::BudgetClass;
 
-/// Maximum concurrent Fastly requests of one job (key chunks or URLs).
-const REQUESTS_PER_JOB: usize = 8;
+/// Maximum concurrent URL purges of one job; the account's in-flight cap applies as well.
+const URLS_IN_FLIGHT_PER_JOB: usize = 8;
 /// Maximum service pages read for one list_services job, a guard against a paging loop.
 const MAX_SERVICE_PAGES: usize = 1000;
 
-/// What execution needs: the client and the retry policy.
-#[derive(Debug, Clone)]
+/// The gateway and the batcher, shared by every job of the worker.
 pub struct Executor {
-    pub client: FastlyClient,
-    pub retry: RetryPolicy,
+    pub gateway: Arc<Gateway>,
+    pub batcher: Arc<Batcher<Arc<Gateway>>>,
 }
 
 impl Executor {
-    pub async fn execute(&self, account: &Account, kind: &JobKind) -> Outcome {
+    /// Runs a job's requests. Work not done by `deadline` ends as [`Outcome::RetryLater`].
+    pub async fn execute(&self, account: &Account, kind: &JobKind, deadline: Instant) -> Outcome {
         match kind {
             JobKind::PurgeKeys {
                 service_id,
                 keys,
                 soft,
-            } => self.purge_keys(account, service_id, keys, *soft).await,
-            JobKind::PurgeUrls { urls, soft } => self.purge_urls(account, urls, *soft).await,
-            JobKind::PurgeAll { service_id } => {
-                let attempted = self
-                    .attempt("purge_all", || self.client.purge_all(account, service_id))
-                    .await;
-                Outcome::from_attempt(attempted, |_| json!({ "service_id": service_id.as_str() }))
+            } => {
+                self.purge_keys(account, service_id, keys, *soft, deadline)
+                    .await
             }
+            JobKind::PurgeUrls { urls, soft } => {
+                self.purge_urls(account, urls, *soft, deadline).await
+            }
+            JobKind::PurgeAll { service_id } => self.purge_all(account, service_id, deadline).await,
             JobKind::ListServices { page, per_page } => {
-                self.list_services(account, *page, *per_page).await
+                self.list_services(account, *page, *per_page, deadline)
+                    .await
             }
             JobKind::GetService { service_id } => {
-                let attempted = self
-                    .attempt("service details", || {
-                        self.client.service_details(account, service_id)
+                let called = self
+                    .read(account, "service details", deadline, || {
+                        self.gateway.client().service_details(account, service_id)
                     })
                     .await;
-                Outcome::from_attempt(attempted, |reply| reply.value)
+                Outcome::from_called(called, |value| value)
             }
-            JobKind::GetAccount => self.get_account(account).await,
+            JobKind::GetAccount => self.get_account(account, deadline).await,
             JobKind::GetToken => {
-                let attempted = self
-                    .attempt("tokens/self", || self.client.token_self(account))
+                let called = self
+                    .read(account, "tokens/self", deadline, || {
+                        self.gateway.client().token_self(account)
+                    })
                     .await;
-                Outcome::from_attempt(attempted, |reply| reply.value)
+                Outcome::from_called(called, |value| value)
             }
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, what: &str, request: F) -> Attempted<T>
+    async fn read<T, F, Fut>(
+        &self,
+        account: &Account,
+        what: &str,
+        deadline: Instant,
+        request: F,
+    ) -> Called<T>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, FastlyError>>,
+        Fut: Future<Output = Result<crate::fastly::Reply<T>, FastlyError>>,
     {
-        with_retries(&self.retry, what, request).await
+        self.gateway
+            .call(account, BudgetClass::Read, what, deadline, None, request)
+            .await
     }
 
-    /// Sends the keys in requests of at most 256. The job succeeds only if every request does;
-    /// otherwise its output lists the keys purged and those not purged.
+    /// Purges keys through shared bulk requests. Succeeds when every key was purged; its
+    /// output then lists the purge id of each key, and the keys a purge_all covered.
     async fn purge_keys(
         &self,
         account: &Account,
         service_id: &ServiceId,
         keys: &[String],
         soft: bool,
+        deadline: Instant,
     ) -> Outcome {
-        // The requests are built up front: a closure inside the stream would not be Send.
-        let requests: Vec<_> = keys
-            .chunks(MAX_KEYS_PER_REQUEST)
-            .map(|chunk| self.purge_key_chunk(account, service_id, chunk, soft))
-            .collect();
-        let results: Vec<(&[String], Attempted<_>)> = stream::iter(requests)
-            .buffer_unordered(REQUESTS_PER_JOB)
-            .collect()
+        let account_name: Arc<str> = Arc::from(account.name());
+        let resolved = self
+            .batcher
+            .purge_keys(&account_name, service_id, soft, keys.to_vec(), deadline)
             .await;
+        let Some(result) = resolved else {
+            return Outcome::RetryLater {
+                error: CallError::OutOfTime,
+                attempts: 0,
+            };
+        };
+        let KeysResult {
+            purge_ids,
+            by_purge_all,
+            failed,
+            error,
+            attempts,
+        } = result;
 
-        let mut purge_ids = BTreeMap::new();
-        let mut not_purged: Vec<&str> = Vec::new();
-        let mut attempts = 0;
-        let mut first_error = None;
-        for (chunk, attempted) in results {
-            attempts = attempts.max(attempted.attempts);
-            match attempted.result {
-                Ok(reply) => purge_ids.extend(reply.value),
-                Err(err) => {
-                    not_purged.extend(chunk.iter().map(String::as_str));
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
         let mut output = json!({
             "service_id": service_id.as_str(),
             "soft": soft,
             "purge_ids": purge_ids,
         });
-        match first_error {
-            None => Outcome::Succeeded { output, attempts },
-            Some(error) => {
-                // Keep the job's order, so the list reads like the request.
-                let failed: HashSet<&str> = not_purged.into_iter().collect();
-                let ordered: Vec<&str> = keys
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|key| failed.contains(key))
-                    .collect();
-                output["not_purged"] = json!(ordered);
-                Outcome::Failed {
-                    error,
-                    attempts,
-                    output: Some(output),
-                }
-            }
+        if !by_purge_all.is_empty() {
+            output["purged_by_purge_all"] = json!(in_job_order(keys, &by_purge_all));
+        }
+        if failed.is_empty() {
+            return Outcome::Succeeded { output, attempts };
+        }
+        output["not_purged"] = json!(in_job_order(keys, &failed));
+        let error = error.unwrap_or_else(|| {
+            CallError::Fastly(FastlyError::InvalidReply(
+                "the bulk purge reply has no purge id for some keys".to_owned(),
+            ))
+        });
+        Outcome::failed_or_retry(error, attempts, Some(output))
+    }
+
+    /// Purges everything of a service, sharing the request with other purge_all jobs of it.
+    async fn purge_all(
+        &self,
+        account: &Account,
+        service_id: &ServiceId,
+        deadline: Instant,
+    ) -> Outcome {
+        let account_name: Arc<str> = Arc::from(account.name());
+        let Some((result, attempts)) = self
+            .batcher
+            .purge_all(&account_name, service_id, deadline)
+            .await
+        else {
+            return Outcome::RetryLater {
+                error: CallError::OutOfTime,
+                attempts: 0,
+            };
+        };
+        match result {
+            Ok(()) => Outcome::Succeeded {
+                output: json!({ "service_id": service_id.as_str() }),
+                attempts,
+            },
+            Err(error) => Outcome::failed_or_retry(error, attempts, None),
         }
     }
 
     /// Purges each URL with its own request, a few at a time.
-    async fn purge_urls(&self, account: &Account, urls: &[PurgeUrl], soft: bool) -> Outcome {
+    async fn purge_urls(
+        &self,
+        account: &Account,
+        urls: &[PurgeUrl],
+        soft: bool,
+        deadline: Instant,
+    ) -> Outcome {
+        // The requests are built up front: a closure inside the stream would not be Send.
         let requests: Vec<_> = urls
             .iter()
-            .map(|url| self.purge_one_url(account, url, soft))
+            .map(|url| self.purge_one_url(account, url, soft, deadline))
             .collect();
-        let results: Vec<(&PurgeUrl, Attempted<_>)> = stream::iter(requests)
-            .buffer_unordered(REQUESTS_PER_JOB)
+        let results: Vec<(&PurgeUrl, Called<String>)> = stream::iter(requests)
+            .buffer_unordered(URLS_IN_FLIGHT_PER_JOB)
             .collect()
             .await;
 
         let mut purge_ids = BTreeMap::new();
-        let mut failed = HashSet::new();
+        let mut failed = Vec::new();
         let mut attempts = 0;
         let mut first_error = None;
-        for (url, attempted) in results {
-            attempts = attempts.max(attempted.attempts);
-            match attempted.result {
-                Ok(reply) => {
-                    purge_ids.insert(url.original.clone(), reply.value);
+        for (url, called) in results {
+            attempts = attempts.max(called.attempts);
+            match called.result {
+                Ok(id) => {
+                    purge_ids.insert(url.original.clone(), id);
                 }
                 Err(err) => {
-                    failed.insert(url.original.as_str());
-                    first_error.get_or_insert(err);
+                    failed.push(url.original.clone());
+                    // A permanent error decides the job, so prefer it over a transient one.
+                    if first_error.as_ref().is_none_or(CallError::is_transient) {
+                        first_error = Some(err);
+                    }
                 }
             }
         }
         let mut output = json!({ "soft": soft, "purge_ids": purge_ids });
-        match first_error {
-            None => Outcome::Succeeded { output, attempts },
-            Some(error) => {
-                let ordered: Vec<&str> = urls
-                    .iter()
-                    .map(|url| url.original.as_str())
-                    .filter(|url| failed.contains(url))
-                    .collect();
-                output["not_purged"] = json!(ordered);
-                Outcome::Failed {
-                    error,
-                    attempts,
-                    output: Some(output),
-                }
-            }
-        }
-    }
-
-    async fn purge_key_chunk<'a>(
-        &self,
-        account: &Account,
-        service_id: &ServiceId,
-        chunk: &'a [String],
-        soft: bool,
-    ) -> (&'a [String], Attempted<Reply<BTreeMap<String, String>>>) {
-        let attempted = self
-            .attempt("bulk key purge", || {
-                self.client.purge_keys(account, service_id, chunk, soft)
-            })
-            .await;
-        (chunk, attempted)
+        let Some(error) = first_error else {
+            return Outcome::Succeeded { output, attempts };
+        };
+        let originals: Vec<String> = urls.iter().map(|url| url.original.clone()).collect();
+        output["not_purged"] = json!(in_job_order(&originals, &failed));
+        Outcome::failed_or_retry(error, attempts, Some(output))
     }
 
     async fn purge_one_url<'a>(
@@ -192,11 +211,20 @@ impl Executor {
         account: &Account,
         url: &'a PurgeUrl,
         soft: bool,
-    ) -> (&'a PurgeUrl, Attempted<Reply<String>>) {
-        let attempted = self
-            .attempt("URL purge", || self.client.purge_url(account, url, soft))
+        deadline: Instant,
+    ) -> (&'a PurgeUrl, Called<String>) {
+        let called = self
+            .gateway
+            .call(
+                account,
+                BudgetClass::Purge,
+                "URL purge",
+                deadline,
+                None,
+                || self.gateway.client().purge_url(account, url, soft),
+            )
             .await;
-        (url, attempted)
+        (url, called)
     }
 
     /// Reads one page when `page` is given; otherwise follows `Link: rel="next"` to the end.
@@ -205,44 +233,36 @@ impl Executor {
         account: &Account,
         page: Option<u32>,
         per_page: Option<u32>,
+        deadline: Instant,
     ) -> Outcome {
         let mut services = Vec::new();
         let mut attempts = 0;
         let mut path = service_list_path(page, per_page);
         let mut seen = HashSet::new();
         loop {
-            let attempted = self
-                .attempt("service list", || {
-                    self.client.list_services_page(account, &path)
+            let called = self
+                .read(account, "service list", deadline, || {
+                    self.gateway.client().list_services_page(account, &path)
                 })
                 .await;
-            attempts = attempts.max(attempted.attempts);
-            let reply = match attempted.result {
-                Ok(reply) => reply,
-                Err(error) => {
-                    return Outcome::Failed {
-                        error,
-                        attempts,
-                        output: None,
-                    };
-                }
+            attempts += called.attempts;
+            let page_of_services = match called.result {
+                Ok(page) => page,
+                Err(error) => return Outcome::failed_or_retry(error, attempts, None),
             };
-            services.extend(reply.value.services);
+            services.extend(page_of_services.services);
             seen.insert(path.clone());
 
-            let next = match reply.value.next {
+            let next = match page_of_services.next {
                 Some(next) if page.is_none() => next,
                 _ => break,
             };
             if seen.contains(&next) || seen.len() >= MAX_SERVICE_PAGES {
-                return Outcome::Failed {
-                    error: FastlyError::InvalidReply(format!(
-                        "service paging does not end: page {next:?} after {} pages",
-                        seen.len()
-                    )),
-                    attempts,
-                    output: None,
-                };
+                let error = FastlyError::InvalidReply(format!(
+                    "service paging does not end: page {next:?} after {} pages",
+                    seen.len()
+                ));
+                return Outcome::failed_or_retry(error.into(), attempts, None);
             }
             path = next;
         }
@@ -254,44 +274,43 @@ impl Executor {
     }
 
     /// Reads the token's user, then the user's customer.
-    async fn get_account(&self, account: &Account) -> Outcome {
+    async fn get_account(&self, account: &Account, deadline: Instant) -> Outcome {
         let user = self
-            .attempt("current user", || self.client.current_user(account))
+            .read(account, "current user", deadline, || {
+                self.gateway.client().current_user(account)
+            })
             .await;
         let mut attempts = user.attempts;
         let user = match user.result {
-            Ok(reply) => reply.value,
-            Err(error) => {
-                return Outcome::Failed {
-                    error,
-                    attempts,
-                    output: None,
-                };
-            }
+            Ok(user) => user,
+            Err(error) => return Outcome::failed_or_retry(error, attempts, None),
         };
         let Some(customer_id) = user.get("customer_id").and_then(Value::as_str) else {
-            return Outcome::Failed {
-                error: FastlyError::InvalidReply(
-                    "the current_user reply has no customer_id".to_owned(),
-                ),
-                attempts,
-                output: None,
-            };
+            let error =
+                FastlyError::InvalidReply("the current_user reply has no customer_id".to_owned());
+            return Outcome::failed_or_retry(error.into(), attempts, None);
         };
         let customer = self
-            .attempt("customer", || self.client.customer(account, customer_id))
+            .read(account, "customer", deadline, || {
+                self.gateway.client().customer(account, customer_id)
+            })
             .await;
-        attempts = attempts.max(customer.attempts);
+        attempts += customer.attempts;
         match customer.result {
-            Ok(reply) => Outcome::Succeeded {
-                output: json!({ "user": user, "customer": reply.value }),
+            Ok(customer) => Outcome::Succeeded {
+                output: json!({ "user": user, "customer": customer }),
                 attempts,
             },
-            Err(error) => Outcome::Failed {
-                error,
-                attempts,
-                output: None,
-            },
+            Err(error) => Outcome::failed_or_retry(error, attempts, None),
         }
     }
+}
+
+/// Returns `subset` in the order the items have in `all`, so lists read like the job.
+fn in_job_order(all: &[String], subset: &[String]) -> Vec<String> {
+    let wanted: HashSet<&str> = subset.iter().map(String::as_str).collect();
+    all.iter()
+        .filter(|item| wanted.contains(item.as_str()))
+        .cloned()
+        .collect()
 }

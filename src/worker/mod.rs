@@ -20,9 +20,12 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::batch::Batcher;
 use crate::broker::{self, JobConsumer, Publisher};
 use crate::config::Config;
 use crate::fastly::FastlyClient;
+use crate::gateway::Gateway;
+use crate::limits::Limits;
 use crate::retry::RetryPolicy;
 use pipeline::Pipeline;
 
@@ -60,22 +63,44 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     let client = FastlyClient::new(config.api_url.clone(), &settings.fastly)
         .context("cannot build the HTTP client")?;
     let retry = RetryPolicy::from_settings(&settings.fastly.retry);
+    let limits = Limits::new(config.accounts.keys().map(String::as_str), &settings.limits);
+    let gateway = Arc::new(Gateway::new(
+        client,
+        limits,
+        retry,
+        config.accounts.values().cloned(),
+        settings.redelivery.delivery_budget(),
+    ));
+    let batcher = Arc::new(Batcher::new(
+        Arc::clone(&gateway),
+        settings.batch.max_keys,
+        settings.batch.linger(),
+    ));
 
     let connection = broker::connect(&settings.broker).await?;
     tracing::info!(url = %settings.broker.redacted_url(), "connected to RabbitMQ");
-    broker::declare_topology(&connection, &settings.broker).await?;
+    let retry_queues = settings.retry_queues();
+    broker::declare_topology(&connection, &settings.broker, &retry_queues).await?;
 
-    let accounts = AccountRegistry::load(&client, &config.accounts, &retry).await;
+    let accounts = AccountRegistry::load(
+        &gateway,
+        &config.accounts,
+        settings.fastly.request_timeout() * 2,
+    )
+    .await;
     let publisher = Publisher::open(&connection, &settings.broker).await?;
     let consumer_tag = format!(
         "{}-{}",
         settings.broker.connection_name,
         uuid::Uuid::new_v4()
     );
-    let consumer = JobConsumer::start(&connection, &settings.broker, &consumer_tag).await?;
+    let prefetch = settings.prefetch();
+    let consumer =
+        JobConsumer::start(&connection, &settings.broker, prefetch, &consumer_tag).await?;
     tracing::info!(
         queue = %settings.broker.jobs_queue,
-        prefetch = settings.broker.prefetch,
+        prefetch,
+        linger_ms = settings.batch.linger_ms,
         fastly = %config.api_url,
         accounts = config.accounts.len(),
         "consuming jobs"
@@ -84,8 +109,12 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     let (broken, broken_seen) = watch::channel(false);
     let pipeline = Arc::new(Pipeline {
         limits: settings.jobs.clone(),
+        redelivery: settings.redelivery.clone(),
+        retry_queues,
+        // Publishing the result and the ack must fit before the budget ends.
+        settle_reserve: settings.broker.publish_timeout(),
         accounts,
-        executor: Executor { client, retry },
+        executor: Executor { gateway, batcher },
         publisher,
         broken,
     });
@@ -154,7 +183,10 @@ async fn consume(
         );
         in_progress.abort_all();
     }
+    // Close both channels before the connection; a channel still closing when the connection
+    // closes makes lapin log a spurious connection error.
     consumer.close().await;
+    pipeline.publisher.close().await;
     ended
 }
 

@@ -3,9 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::fastly::FastlyError;
-use crate::job::{ErrorCode, JobResult, Rejection, ResultError, Status};
-use crate::retry::Attempted;
+use crate::gateway::{CallError, Called};
+use crate::job::{JobResult, Rejection, ResultError, Status};
 
 /// How a job ended.
 #[derive(Debug)]
@@ -14,44 +13,64 @@ pub enum Outcome {
         output: Value,
         attempts: u32,
     },
-    /// Fastly refused, or the request could not be done within its retries. `output` carries
+    /// Fastly refused, or the job could not be done within its deliveries. `output` carries
     /// what was done when part of the job succeeded.
     Failed {
-        error: FastlyError,
+        error: CallError,
         attempts: u32,
         output: Option<Value>,
     },
     /// Invalid, or not allowed for the account's token; no Fastly request was made.
     Rejected(Rejection),
+    /// Not done within the delivery's budget, for a reason that may pass: a transient Fastly
+    /// error, a budget that admits no request yet, or time spent waiting. The job goes to a
+    /// delay queue.
+    RetryLater {
+        error: CallError,
+        attempts: u32,
+    },
 }
 
 impl Outcome {
-    /// Builds the outcome of a single retried request; `output` shapes a successful reply.
-    pub fn from_attempt<T>(attempted: Attempted<T>, output: impl FnOnce(T) -> Value) -> Outcome {
-        match attempted.result {
+    /// Builds the outcome of a single request; `output` shapes a successful reply.
+    pub fn from_called<T>(called: Called<T>, output: impl FnOnce(T) -> Value) -> Outcome {
+        match called.result {
             Ok(value) => Outcome::Succeeded {
                 output: output(value),
-                attempts: attempted.attempts,
+                attempts: called.attempts,
             },
-            Err(error) => Outcome::Failed {
+            Err(error) => Outcome::failed_or_retry(error, called.attempts, None),
+        }
+    }
+
+    /// Classifies a failure: transient errors are retried later, the rest fail the job. The
+    /// only place that makes this choice for a job.
+    pub fn failed_or_retry(error: CallError, attempts: u32, output: Option<Value>) -> Outcome {
+        if error.is_transient() {
+            Outcome::RetryLater { error, attempts }
+        } else {
+            Outcome::Failed {
                 error,
-                attempts: attempted.attempts,
-                output: None,
-            },
+                attempts,
+                output,
+            }
         }
     }
 
     pub fn status(&self) -> Status {
         match self {
             Outcome::Succeeded { .. } => Status::Succeeded,
-            Outcome::Failed { .. } => Status::Failed,
+            Outcome::Failed { .. } | Outcome::RetryLater { .. } => Status::Failed,
             Outcome::Rejected(_) => Status::Rejected,
         }
     }
 
+    /// Fastly requests this delivery made.
     pub fn attempts(&self) -> u32 {
         match self {
-            Outcome::Succeeded { attempts, .. } | Outcome::Failed { attempts, .. } => *attempts,
+            Outcome::Succeeded { attempts, .. }
+            | Outcome::Failed { attempts, .. }
+            | Outcome::RetryLater { attempts, .. } => *attempts,
             Outcome::Rejected(_) => 0,
         }
     }
@@ -60,11 +79,13 @@ impl Outcome {
     pub fn error(&self) -> Option<ResultError> {
         match self {
             Outcome::Succeeded { .. } => None,
-            Outcome::Failed { error, .. } => Some(ResultError {
-                code: error.code(),
-                message: error.to_string(),
-                http_status: error.http_status(),
-            }),
+            Outcome::Failed { error, .. } | Outcome::RetryLater { error, .. } => {
+                Some(ResultError {
+                    code: error.code(),
+                    message: error.to_string(),
+                    http_status: error.http_status(),
+                })
+            }
             Outcome::Rejected(rejection) => Some(ResultError {
                 code: rejection.code,
                 message: rejection.message.clone(),
@@ -73,19 +94,23 @@ impl Outcome {
         }
     }
 
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        match self {
-            Outcome::Succeeded { .. } => None,
-            Outcome::Failed { error, .. } => Some(error.code()),
-            Outcome::Rejected(rejection) => Some(rejection.code),
-        }
-    }
-
     fn output(&self) -> Option<Value> {
         match self {
             Outcome::Succeeded { output, .. } => Some(output.clone()),
             Outcome::Failed { output, .. } => output.clone(),
-            Outcome::Rejected(_) => None,
+            Outcome::Rejected(_) | Outcome::RetryLater { .. } => None,
+        }
+    }
+
+    /// Turns a job that may not be retried any more into a failure.
+    pub fn final_attempt(self) -> Outcome {
+        match self {
+            Outcome::RetryLater { error, attempts } => Outcome::Failed {
+                error,
+                attempts,
+                output: None,
+            },
+            other => other,
         }
     }
 }
@@ -98,6 +123,8 @@ pub struct JobFacts {
     pub account: Option<String>,
     pub redelivered: bool,
     pub received_at: DateTime<Utc>,
+    /// Fastly requests of earlier deliveries of this job.
+    pub earlier_attempts: u32,
 }
 
 /// Builds the result message of a job.
@@ -107,7 +134,7 @@ pub fn job_result(facts: &JobFacts, outcome: &Outcome) -> JobResult {
         job_type: facts.job_type.clone(),
         status: outcome.status(),
         account: facts.account.clone(),
-        attempts: outcome.attempts(),
+        attempts: facts.earlier_attempts + outcome.attempts(),
         redelivered: facts.redelivered,
         received_at: facts.received_at,
         finished_at: Utc::now(),

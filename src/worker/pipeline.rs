@@ -2,7 +2,10 @@
 //! settle. Each stage is a function with a typed input and output; a stage that ends the job
 //! early returns an [`Outcome`] and the rest are skipped.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
+
+use futures_util::FutureExt;
 
 use chrono::{DateTime, Utc};
 use tracing::{Instrument, field};
@@ -10,14 +13,20 @@ use tracing::{Instrument, field};
 use super::accounts::AccountRegistry;
 use super::execute::Executor;
 use super::outcome::{JobFacts, Outcome, job_result};
-use super::settle::{Settled, settle};
-use crate::broker::{Incoming, Publisher};
-use crate::config::JobLimits;
+use super::settle::{RetryPlan, Settled, settle};
+use crate::broker::{Incoming, Publisher, RetryCounts};
+use crate::config::{JobLimits, RedeliverySettings};
+use crate::gateway::CallError;
 use crate::job::{Job, decode, validate};
 
 /// Everything one delivery needs; shared by all deliveries of a worker.
 pub struct Pipeline {
     pub limits: JobLimits,
+    pub redelivery: RedeliverySettings,
+    /// Delay queue names, one per delay level.
+    pub retry_queues: Vec<String>,
+    /// Time kept in reserve at the end of the delivery budget for settling.
+    pub settle_reserve: std::time::Duration,
     pub accounts: AccountRegistry,
     pub executor: Executor,
     pub publisher: Publisher,
@@ -42,11 +51,25 @@ impl Pipeline {
         async {
             let started = Instant::now();
             let received_at = Utc::now();
-            let (facts, outcome) = self.run(&incoming, received_at).await;
+            // A panic in a stage must still end in a result and a settled delivery.
+            let stages = AssertUnwindSafe(self.run(&incoming, received_at, started));
+            let (facts, outcome) = match stages.catch_unwind().await {
+                Ok(ran) => ran,
+                Err(panic) => self.panicked(&incoming, received_at, panic.as_ref()),
+            };
+            let (outcome, retry) = self.plan_retry(&incoming, outcome);
             log_outcome(&outcome, started);
             let result = job_result(&facts, &outcome);
-            let settled = settle(&self.publisher, &incoming, &facts, &outcome, &result).await;
-            if settled == Settled::Requeued && !self.publisher.is_open() {
+            let settled = settle(
+                &self.publisher,
+                &incoming,
+                &facts,
+                &outcome,
+                &result,
+                retry.as_ref(),
+            )
+            .await;
+            if settled == Settled::NotAcked && !self.publisher.is_open() {
                 self.broken.send_replace(true);
             }
         }
@@ -55,13 +78,19 @@ impl Pipeline {
     }
 
     /// Runs the job stages and returns what the result needs.
-    async fn run(&self, incoming: &Incoming, received_at: DateTime<Utc>) -> (JobFacts, Outcome) {
+    async fn run(
+        &self,
+        incoming: &Incoming,
+        received_at: DateTime<Utc>,
+        started: Instant,
+    ) -> (JobFacts, Outcome) {
         let mut facts = JobFacts {
             job_id: incoming.meta.message_id.clone(),
             job_type: None,
             account: None,
             redelivered: incoming.redelivered,
             received_at,
+            earlier_attempts: incoming.retries.requests,
         };
 
         let envelope = match decode(
@@ -74,7 +103,9 @@ impl Pipeline {
         };
         facts.job_id = Some(envelope.job_id.clone());
         facts.job_type = envelope.job_type.clone();
-        facts.account = Some(envelope.account.clone());
+        // An account field that is not a string is rejected below; the result says null.
+        let account_valid = envelope.fields.get("account").is_none_or(|a| a.is_string());
+        facts.account = account_valid.then(|| envelope.account.clone());
         let span = tracing::Span::current();
         span.record("job_id", envelope.job_id.as_str());
         span.record("type", envelope.job_type.as_deref());
@@ -92,8 +123,73 @@ impl Pipeline {
             Ok(entry) => entry,
             Err(rejection) => return (facts, Outcome::Rejected(rejection)),
         };
-        let outcome = self.executor.execute(&entry.account, &job.kind).await;
+        let budget = self
+            .redelivery
+            .delivery_budget()
+            .saturating_sub(self.settle_reserve);
+        let deadline = tokio::time::Instant::from_std(started) + budget;
+        let outcome = self
+            .executor
+            .execute(&entry.account, &job.kind, deadline)
+            .await;
         (facts, outcome)
+    }
+
+    /// Builds the facts and outcome of a job whose stages panicked.
+    fn panicked(
+        &self,
+        incoming: &Incoming,
+        received_at: DateTime<Utc>,
+        panic: &(dyn std::any::Any + Send),
+    ) -> (JobFacts, Outcome) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a job stage panicked".to_owned());
+        tracing::error!(panic = %message, "a job stage panicked");
+        let facts = JobFacts {
+            job_id: incoming.meta.message_id.clone(),
+            job_type: None,
+            account: None,
+            redelivered: incoming.redelivered,
+            received_at,
+            earlier_attempts: incoming.retries.requests,
+        };
+        let outcome = Outcome::Failed {
+            error: CallError::Internal(message),
+            attempts: 0,
+            output: None,
+        };
+        (facts, outcome)
+    }
+
+    /// Decides where a job to be retried goes, or turns it into a failure when it has no
+    /// attempts left. Deliveries that sent no Fastly request (the budget admitted none) do
+    /// not use up an attempt, up to a limit of their own.
+    fn plan_retry(&self, incoming: &Incoming, outcome: Outcome) -> (Outcome, Option<RetryPlan>) {
+        let Outcome::RetryLater { attempts, .. } = &outcome else {
+            return (outcome, None);
+        };
+        let before = incoming.retries;
+        let counts = RetryCounts {
+            retries: before.retries + 1,
+            failed_attempts: before.failed_attempts + u32::from(*attempts > 0),
+            requests: before.requests + attempts,
+        };
+        let deferrals = counts.retries.saturating_sub(counts.failed_attempts);
+        if counts.failed_attempts >= self.redelivery.max_attempts
+            || deferrals > self.redelivery.max_deferrals
+        {
+            return (outcome.final_attempt(), None);
+        }
+        let level = self.redelivery.level_after(counts.retries);
+        let plan = RetryPlan {
+            queue: self.retry_queues[level - 1].clone(),
+            delay: self.redelivery.delay_after(counts.retries),
+            counts,
+        };
+        (outcome, Some(plan))
     }
 }
 
@@ -117,6 +213,9 @@ fn log_outcome(outcome: &Outcome, started: Instant) {
         }
         Outcome::Rejected(rejection) => {
             tracing::warn!(code = %rejection.code, reason = %rejection.message, "job rejected");
+        }
+        Outcome::RetryLater { error, attempts } => {
+            tracing::warn!(attempts, elapsed_ms, code = %error.code(), error = %error, "job not done in this delivery");
         }
     }
 }

@@ -1,41 +1,77 @@
-//! Settle: publish the result, dead-letter what did not succeed, then ack. The only place in
-//! the worker that acks or requeues a delivery.
+//! Settle: publish the result, dead-letter what did not succeed, or hand the job to a delay
+//! queue, then ack. The only place in the worker that acks or rejects a delivery.
+
+use std::time::Duration;
 
 use super::outcome::{JobFacts, Outcome};
-use crate::broker::{DeadLetter, Incoming, Publisher};
+use crate::broker::{DeadLetter, Incoming, Publisher, RetryCounts, RetryLetter};
 use crate::job::{JobResult, Status};
 
 /// How settling ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
     Acked,
-    /// Given back to the queue (or left to the broker to redeliver) after a broker error.
-    Requeued,
+    /// Rejected after a broker error, so RabbitMQ dead-letters the original message, or left
+    /// unacked on a closed channel, so RabbitMQ delivers it again.
+    NotAcked,
 }
 
-/// Publishes the result, dead-letters a failed or rejected job, and acks the delivery.
+/// Where a job to be retried goes.
+#[derive(Debug, Clone)]
+pub struct RetryPlan {
+    pub queue: String,
+    pub delay: Duration,
+    pub counts: RetryCounts,
+}
+
+/// Settles a delivery from its outcome.
 ///
-/// The delivery is acked only after the broker confirmed the result (and the dead letter).
-/// When either publish fails, the delivery is given back to the queue, so the job runs again
-/// and gets its result later. Purges are idempotent, so a repeat does no harm.
+/// A job to be retried goes to its delay queue and gets no result yet. Any other job gets its
+/// result, and a failed or rejected one a dead letter too. The delivery is acked only after
+/// the broker confirmed what was published. When the broker does not take a publish, the
+/// delivery is rejected without requeue: the jobs queue's dead-letter exchange then keeps the
+/// original message in the dead-letter queue. It is never requeued, because running the job
+/// again would repeat its purges (a purge_all clears the whole cache) in a tight loop.
 pub async fn settle(
     publisher: &Publisher,
     incoming: &Incoming,
     facts: &JobFacts,
     outcome: &Outcome,
     result: &JobResult,
+    retry: Option<&RetryPlan>,
 ) -> Settled {
+    if let (Outcome::RetryLater { error, .. }, Some(plan)) = (outcome, retry) {
+        let message = error.to_string();
+        let letter = RetryLetter {
+            queue: &plan.queue,
+            delay: plan.delay,
+            counts: plan.counts,
+            code: error.code().as_str(),
+            message: &message,
+        };
+        if let Err(err) = publisher.retry_later(incoming, &letter).await {
+            tracing::error!(error = %err, "cannot send the job to its delay queue, rejecting the delivery to the dead-letter queue");
+            return reject(incoming).await;
+        }
+        tracing::info!(
+            queue = %plan.queue,
+            delay_ms = plan.delay.as_millis() as u64,
+            retries = plan.counts.retries,
+            code = %error.code(),
+            "job sent to a delay queue for a later attempt"
+        );
+        return ack(incoming).await;
+    }
+
     let status = result.status;
     let job_id = facts.job_id.as_deref();
     let body = result.to_json();
-
     if let Err(err) = publisher
         .publish_result(incoming, job_id, status.as_str(), &body)
         .await
     {
-        tracing::error!(error = %err, "cannot publish the result, requeueing the delivery");
-        requeue(incoming).await;
-        return Settled::Requeued;
+        tracing::error!(error = %err, "cannot publish the result, rejecting the delivery to the dead-letter queue");
+        return reject(incoming).await;
     }
 
     if status != Status::Succeeded {
@@ -43,28 +79,33 @@ pub async fn settle(
         let reason = DeadLetter {
             job_id,
             status: status.as_str(),
-            code: outcome.error_code().map_or("unknown", |code| code.as_str()),
+            code: error.map_or("unknown", |error| error.code.as_str()),
             message: error.map_or("", |error| error.message.as_str()),
             attempts: result.attempts,
         };
         if let Err(err) = publisher.dead_letter(incoming, &reason).await {
-            tracing::error!(error = %err, "cannot dead-letter the job, requeueing the delivery");
-            requeue(incoming).await;
-            return Settled::Requeued;
+            tracing::error!(error = %err, "cannot publish the dead letter, rejecting the delivery to the dead-letter queue");
+            return reject(incoming).await;
         }
     }
-
-    if let Err(err) = incoming.ack().await {
-        // The channel is gone, so the broker will deliver the job again; its result is
-        // already published and the repeat is marked redelivered.
-        tracing::error!(error = %err, "cannot ack the delivery");
-        return Settled::Requeued;
-    }
-    Settled::Acked
+    ack(incoming).await
 }
 
-async fn requeue(incoming: &Incoming) {
-    if let Err(err) = incoming.requeue().await {
-        tracing::error!(error = %err, "cannot requeue the delivery; the broker redelivers it when the channel closes");
+async fn ack(incoming: &Incoming) -> Settled {
+    match incoming.ack().await {
+        Ok(()) => Settled::Acked,
+        Err(err) => {
+            // The channel is gone, so the broker delivers the job again. What was published
+            // for it stays published, and the repeat is marked redelivered.
+            tracing::error!(error = %err, "cannot ack the delivery");
+            Settled::NotAcked
+        }
     }
+}
+
+async fn reject(incoming: &Incoming) -> Settled {
+    if let Err(err) = incoming.reject().await {
+        tracing::error!(error = %err, "cannot reject the delivery; the broker delivers it again when the channel closes");
+    }
+    Settled::NotAcked
 }

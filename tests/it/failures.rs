@@ -3,6 +3,9 @@
 
 use fastly_purge_worker::job::{ErrorCode, Status};
 use fastly_purge_worker::sim::Fault;
+use lapin::BasicProperties;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
 use crate::world::{World, WorldBuilder, header};
@@ -35,15 +38,21 @@ async fn retries_exhausted_fail_and_dead_letter() {
     let mut world = World::start("retry_exhausted").await;
     world
         .sim
-        .inject(Fault::status("/service/S1/purge_all", 502, 10));
+        .inject(Fault::status("/service/S1/purge_all", 502, 100));
     let reply = world
         .run(json!({"id": "doomed", "type": "purge_all", "service_id": "S1"}))
         .await;
     assert_eq!(reply.result.status, Status::Failed, "{}", reply.json);
-    assert_eq!(
-        reply.result.attempts, 4,
-        "max_attempts in the test settings"
-    );
+    // 4 attempts in-process (fastly.retry.max_attempts) in each of 2 deliveries
+    // (redelivery.max_attempts), the second one after a trip through the delay queue.
+    assert_eq!(reply.result.attempts, 8);
+    let purge_alls = world
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/service/S1/purge_all")
+        .count();
+    assert_eq!(purge_alls, 8);
     let error = reply.result.error.as_ref().unwrap();
     assert_eq!(error.code, ErrorCode::FastlyServerError);
     assert_eq!(error.http_status, Some(502));
@@ -139,5 +148,59 @@ async fn partial_failure_lists_keys_not_purged() {
     assert_eq!(purged + not_purged, 257);
     assert!([1, 256].contains(&not_purged), "{not_purged}");
     assert_eq!(world.sim.purged_keys("S1").len(), purged);
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn full_reply_queue_result_goes_to_results_queue() {
+    let mut world = World::start("full_reply_to").await;
+    // A reply queue that takes nothing: RabbitMQ nacks every publish to it.
+    let full = format!("{}.full", world.settings.broker.jobs_queue);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    world
+        .client
+        .channel
+        .queue_declare(
+            full.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .unwrap();
+
+    let body =
+        serde_json::to_vec(&json!({"id": "to-full", "type": "purge_all", "service_id": "S1"}))
+            .unwrap();
+    let properties = BasicProperties::default().with_reply_to(full.as_str().into());
+    world.client.publish(&body, properties).await;
+
+    let results = world.results_queue(1).await;
+    assert_eq!(results.len(), 1);
+    let result: serde_json::Value = serde_json::from_slice(&results[0].data).unwrap();
+    assert_eq!(result["job_id"], "to-full");
+    assert_eq!(result["status"], "succeeded");
+
+    let counts = world.stop_and_count().await;
+    assert_eq!(counts.jobs, 0);
+    let purge_alls = world
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/service/S1/purge_all")
+        .count();
+    assert_eq!(
+        purge_alls, 1,
+        "the job runs once, not again for every failed publish"
+    );
+    let _ = world
+        .client
+        .channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await;
     world.finish().await;
 }

@@ -183,3 +183,31 @@ async fn dead_letter_keeps_body_and_properties() {
     assert_eq!(header(letter, "x-job-status").as_deref(), Some("rejected"));
     world.finish().await;
 }
+
+#[tokio::test]
+async fn cc_header_does_not_loop_dead_letters() {
+    let mut world = World::start("cc_loop").await;
+    let jobs_queue = world.settings.broker.jobs_queue.clone();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString(jobs_queue.as_str().into())].into()),
+    );
+    let properties = world.client.reply_properties("cc").with_headers(headers);
+    let body = br#"{"type": "purge_all", "service_id": "bad-id"}"#;
+    world.client.publish(body, properties).await;
+    let reply = world.client.reply_for("cc").await;
+    assert_eq!(reply.result.status, Status::Rejected);
+
+    let dead = world.dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        header(&dead[0], "CC").is_none(),
+        "the copy must not route anywhere else"
+    );
+    assert!(header(&dead[0], "x-original-cc").is_some());
+    let counts = world.stop_and_count().await;
+    assert_eq!(counts.jobs, 0, "no copy went back to the jobs queue");
+    assert_eq!(counts.dead, 0, "only one dead letter was made");
+    world.finish().await;
+}

@@ -29,6 +29,7 @@ pub fn with_queues(command: &mut Command, prefix: &str) {
         .env("FPW_BROKER__JOBS_QUEUE", format!("{prefix}.jobs"))
         .env("FPW_BROKER__RESULTS_QUEUE", format!("{prefix}.results"))
         .env("FPW_BROKER__DEAD_LETTER_QUEUE", format!("{prefix}.dead"))
+        .env("FPW_BROKER__RETRY_QUEUE", format!("{prefix}.retry"))
         .env("FPW_BROKER__QUEUE_TYPE", "classic");
 }
 
@@ -129,7 +130,9 @@ pub fn delete_queues(prefix: &str) {
             .await
             .unwrap();
             let channel = connection.create_channel().await.unwrap();
-            for suffix in ["jobs", "results", "dead"] {
+            for suffix in [
+                "jobs", "results", "dead", "retry.1", "retry.2", "retry.3", "retry.4",
+            ] {
                 let _ = channel
                     .queue_delete(
                         format!("{prefix}.{suffix}").as_str().into(),

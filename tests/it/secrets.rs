@@ -36,6 +36,8 @@ async fn token_absent_from_logs_results_and_dead_letters() {
         .env("FASTLY_API_URL", sim.base_url())
         .env("FPW_FASTLY__RETRY__MIN_DELAY_MS", "1")
         .env("FPW_FASTLY__RETRY__MAX_DELAY_MS", "5")
+        .env("FPW_REDELIVERY__MAX_ATTEMPTS", "1")
+        .env("FPW_BATCH__LINGER_MS", "10")
         .env("RUST_LOG", "trace");
     let process = WorkerProcess::start(worker);
 

@@ -48,11 +48,13 @@ async fn conflicting_queue_named_in_error() {
     );
 
     let channel = connection.create_channel().await.unwrap();
-    for queue in [
-        &settings.broker.jobs_queue,
-        &settings.broker.results_queue,
-        &settings.broker.dead_letter_queue,
-    ] {
+    let mut queues = vec![
+        settings.broker.jobs_queue.clone(),
+        settings.broker.results_queue.clone(),
+        settings.broker.dead_letter_queue.clone(),
+    ];
+    queues.extend(settings.retry_queues());
+    for queue in &queues {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -119,9 +121,13 @@ async fn quorum_queues_work_end_to_end() {
     let connection = fastly_purge_worker::broker::connect(&config.settings.broker)
         .await
         .unwrap();
-    fastly_purge_worker::broker::declare_topology(&connection, &config.settings.broker)
-        .await
-        .unwrap();
+    fastly_purge_worker::broker::declare_topology(
+        &connection,
+        &config.settings.broker,
+        &config.settings.retry_queues(),
+    )
+    .await
+    .unwrap();
     let _ = connection.close(200, "done".into()).await;
     world.finish().await;
 }

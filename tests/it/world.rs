@@ -75,18 +75,23 @@ fn container_url() -> String {
 
 /// Settings for a test: unique queue names, short timeouts and delays.
 pub fn test_settings(prefix: &str) -> Settings {
-    let mut settings = Settings::load_with_env(None, |_| None).unwrap();
+    let mut settings = Settings::defaults();
     settings.broker.url = amqp_url();
     settings.broker.jobs_queue = format!("{prefix}.jobs");
     settings.broker.results_queue = format!("{prefix}.results");
     settings.broker.dead_letter_queue = format!("{prefix}.dead");
+    settings.broker.retry_queue = format!("{prefix}.retry");
     settings.broker.queue_type = QueueType::Classic;
-    settings.broker.publish_timeout_ms = 5000;
+    settings.broker.publish_timeout_ms = 2000;
     settings.fastly.request_timeout_ms = 2000;
     settings.fastly.retry.min_delay_ms = 5;
     settings.fastly.retry.max_delay_ms = 20;
     settings.fastly.retry.max_attempts = 4;
     settings.worker.shutdown_timeout_ms = 3000;
+    settings.batch.linger_ms = 10;
+    settings.redelivery.delivery_budget_ms = 10_000;
+    settings.redelivery.max_attempts = 2;
+    settings.redelivery.delays_ms = vec![20, 40];
     settings
 }
 
@@ -216,11 +221,13 @@ impl World {
             worker.shutdown().await.unwrap();
         }
         let broker = &self.settings.broker;
-        for queue in [
-            &broker.jobs_queue,
-            &broker.results_queue,
-            &broker.dead_letter_queue,
-        ] {
+        let mut queues = vec![
+            broker.jobs_queue.clone(),
+            broker.results_queue.clone(),
+            broker.dead_letter_queue.clone(),
+        ];
+        queues.extend(self.settings.retry_queues());
+        for queue in &queues {
             let _ = self
                 .client
                 .channel

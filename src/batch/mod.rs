@@ -1,0 +1,344 @@
+//! Batching: surrogate-key purges of concurrent jobs coalesced into shared bulk requests per
+//! (account, service, soft), and purge_all jobs of one service coalesced into one request.
+//!
+//! Jobs submit their keys and wait; one dispatcher per account and budget class seals the
+//! oldest ready batch once the budget admits a request, so batches keep filling while the
+//! budget or the in-flight cap holds them back. How requests are sent is the [`Dispatch`]
+//! implementation's business: this module knows no HTTP.
+
+mod state;
+
+pub use state::{BatchKind, KeysResult, Next, QueueKey, Resolution, Sealed, State};
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::job::ServiceId;
+
+/// What a sent batch returned.
+#[derive(Debug)]
+pub enum Sent<E> {
+    Keys {
+        result: Result<BTreeMap<String, String>, E>,
+        attempts: u32,
+    },
+    PurgeAll {
+        result: Result<(), E>,
+        attempts: u32,
+    },
+}
+
+/// Sends sealed batches: the budget admission before sealing, then the request.
+pub trait Dispatch: Send + Sync + 'static {
+    type Error: Clone + Send + 'static;
+    /// Proof of admission, held while the request is in flight.
+    type Permit: Send + 'static;
+
+    /// Waits until the budget of the queue's account and class admits one request.
+    fn admit(&self, queue: &QueueKey) -> BoxFuture<'static, Self::Permit>;
+
+    /// Sends one sealed batch, with retries as the implementation sees fit.
+    fn send(&self, batch: Sealed, permit: Self::Permit) -> BoxFuture<'static, Sent<Self::Error>>;
+}
+
+struct Shared<D: Dispatch> {
+    state: Mutex<State<D::Error>>,
+    dispatch: D,
+    /// Wakes the dispatcher of a queue when its batches change.
+    wakers: Mutex<HashMap<QueueKey, Arc<Notify>>>,
+}
+
+/// The batcher: submit keys or purge_all jobs, get their resolution.
+pub struct Batcher<D: Dispatch> {
+    shared: Arc<Shared<D>>,
+    dispatchers: Mutex<HashMap<QueueKey, JoinHandle<()>>>,
+}
+
+impl<D: Dispatch> Batcher<D> {
+    pub fn new(dispatch: D, max_keys: usize, linger: Duration) -> Batcher<D> {
+        Batcher {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::new(max_keys, linger)),
+                dispatch,
+                wakers: Mutex::new(HashMap::new()),
+            }),
+            dispatchers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Purges `keys` (distinct) of a service through shared bulk requests. Returns `None`
+    /// when the keys were not all resolved before `deadline`; the keys are still purged.
+    pub async fn purge_keys(
+        &self,
+        account: &Arc<str>,
+        service: &ServiceId,
+        soft: bool,
+        keys: Vec<String>,
+        deadline: Instant,
+    ) -> Option<KeysResult<D::Error>> {
+        let (job, receiver, _) = self.shared.state.lock().unwrap().submit_keys(
+            account,
+            service,
+            soft,
+            keys,
+            Instant::now(),
+        );
+        self.wake(State::<D::Error>::queue_of(
+            account,
+            BatchKind::Keys { soft },
+        ));
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Resolution::Keys(result))) => Some(result),
+            Ok(_) => None,
+            Err(_) => {
+                self.shared.state.lock().unwrap().withdraw(job);
+                None
+            }
+        }
+    }
+
+    /// Purges everything of a service, sharing the request with other purge_all jobs of the
+    /// service that wait at the same time. Returns `None` when not done before `deadline`.
+    pub async fn purge_all(
+        &self,
+        account: &Arc<str>,
+        service: &ServiceId,
+        deadline: Instant,
+    ) -> Option<(Result<(), D::Error>, u32)> {
+        let (job, receiver) =
+            self.shared
+                .state
+                .lock()
+                .unwrap()
+                .submit_purge_all(account, service, Instant::now());
+        self.wake(State::<D::Error>::queue_of(account, BatchKind::PurgeAll));
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Resolution::PurgeAll { result, attempts })) => Some((result, attempts)),
+            Ok(_) => None,
+            Err(_) => {
+                self.shared.state.lock().unwrap().withdraw(job);
+                None
+            }
+        }
+    }
+
+    /// Returns the number of jobs waiting for a batch.
+    pub fn waiting_jobs(&self) -> usize {
+        self.shared.state.lock().unwrap().waiting_jobs()
+    }
+
+    /// Wakes the queue's dispatcher, starting it on first use.
+    fn wake(&self, queue: QueueKey) {
+        let notify = {
+            let mut wakers = self.shared.wakers.lock().unwrap();
+            Arc::clone(wakers.entry(queue.clone()).or_default())
+        };
+        let mut dispatchers = self.dispatchers.lock().unwrap();
+        if let std::collections::hash_map::Entry::Vacant(entry) = dispatchers.entry(queue) {
+            let queue = entry.key().clone();
+            let task = tokio::spawn(run_dispatcher(
+                Arc::clone(&self.shared),
+                queue,
+                Arc::clone(&notify),
+            ));
+            entry.insert(task);
+        }
+        notify.notify_one();
+    }
+}
+
+impl<D: Dispatch> Drop for Batcher<D> {
+    fn drop(&mut self) {
+        for task in self.dispatchers.lock().unwrap().values() {
+            task.abort();
+        }
+    }
+}
+
+/// Seals and sends the ready batches of one queue, one admission at a time.
+async fn run_dispatcher<D: Dispatch>(shared: Arc<Shared<D>>, queue: QueueKey, notify: Arc<Notify>) {
+    loop {
+        let next = shared
+            .state
+            .lock()
+            .unwrap()
+            .next_ready(&queue, Instant::now());
+        match next {
+            Next::Idle => notify.notified().await,
+            Next::At(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = notify.notified() => {}
+                }
+            }
+            Next::Ready(_) => {
+                // Keys keep joining the batch while the budget holds it back.
+                let permit = shared.dispatch.admit(&queue).await;
+                let sealed = {
+                    let mut state = shared.state.lock().unwrap();
+                    // A purge_all may have taken the batch as a rider in the meantime.
+                    match state.next_ready(&queue, Instant::now()) {
+                        Next::Ready(id) => Some(state.seal(id)),
+                        _ => None,
+                    }
+                };
+                let Some(sealed) = sealed else {
+                    continue;
+                };
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let id = sealed.id;
+                    let sent = shared.dispatch.send(sealed, permit).await;
+                    let mut state = shared.state.lock().unwrap();
+                    match sent {
+                        Sent::Keys { result, attempts } => {
+                            state.complete_keys(id, result, attempts)
+                        }
+                        Sent::PurgeAll { result, attempts } => {
+                            state.complete_purge_all(id, result, attempts)
+                        }
+                    }
+                    // A failed purge_all puts its riders back; their dispatcher must look.
+                    let queues: Vec<QueueKey> = state.busy_queues().cloned().collect();
+                    drop(state);
+                    let wakers = shared.wakers.lock().unwrap();
+                    for queue in queues {
+                        if let Some(notify) = wakers.get(&queue) {
+                            notify.notify_one();
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Records the batches it sends and answers every key with an id.
+    #[derive(Default)]
+    struct Recorder {
+        sent: Mutex<Vec<Sealed>>,
+        admitted: AtomicUsize,
+    }
+
+    struct Shared2(Arc<Recorder>);
+
+    impl Dispatch for Shared2 {
+        type Error = String;
+        type Permit = ();
+
+        fn admit(&self, _queue: &QueueKey) -> BoxFuture<'static, ()> {
+            self.0.admitted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        }
+
+        fn send(&self, batch: Sealed, _permit: ()) -> BoxFuture<'static, Sent<String>> {
+            self.0.sent.lock().unwrap().push(batch.clone());
+            Box::pin(async move {
+                match batch.kind {
+                    BatchKind::PurgeAll => Sent::PurgeAll {
+                        result: Ok(()),
+                        attempts: 1,
+                    },
+                    BatchKind::Keys { .. } => Sent::Keys {
+                        result: Ok(batch
+                            .keys
+                            .iter()
+                            .map(|k| (k.clone(), format!("id-{k}")))
+                            .collect()),
+                        attempts: 1,
+                    },
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_jobs_share_requests() {
+        let recorder = Arc::new(Recorder::default());
+        let batcher = Arc::new(Batcher::new(
+            Shared2(Arc::clone(&recorder)),
+            256,
+            Duration::from_millis(20),
+        ));
+        let account: Arc<str> = Arc::from("default");
+        let service = ServiceId::parse("S1").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        let mut tasks = Vec::new();
+        for job in 0..300 {
+            let batcher = Arc::clone(&batcher);
+            let account = Arc::clone(&account);
+            let service = service.clone();
+            tasks.push(tokio::spawn(async move {
+                batcher
+                    .purge_keys(
+                        &account,
+                        &service,
+                        false,
+                        vec![format!("k{job}"), "shared".to_owned()],
+                        deadline,
+                    )
+                    .await
+            }));
+        }
+        for task in tasks {
+            let result = task.await.unwrap().expect("resolved before the deadline");
+            assert_eq!(result.purge_ids.len(), 2);
+            assert_eq!(result.purge_ids["shared"], "id-shared");
+        }
+        let sent = recorder.sent.lock().unwrap();
+        let keys: usize = sent.iter().map(|batch| batch.keys.len()).sum();
+        assert!(sent.iter().all(|batch| batch.keys.len() <= 256));
+        assert!(
+            sent.len() <= 3,
+            "301 distinct keys fit in two full requests plus stragglers: {}",
+            sent.len()
+        );
+        assert!(keys >= 301, "every key is sent");
+        assert_eq!(batcher.waiting_jobs(), 0);
+    }
+
+    #[tokio::test]
+    async fn deadline_withdraws_job() {
+        struct Never;
+        impl Dispatch for Never {
+            type Error = String;
+            type Permit = ();
+            fn admit(&self, _queue: &QueueKey) -> BoxFuture<'static, ()> {
+                Box::pin(std::future::pending())
+            }
+            fn send(&self, _batch: Sealed, _permit: ()) -> BoxFuture<'static, Sent<String>> {
+                unreachable!("nothing is admitted")
+            }
+        }
+        let batcher = Batcher::new(Never, 256, Duration::from_millis(1));
+        let account: Arc<str> = Arc::from("default");
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let service = ServiceId::parse("S1").unwrap();
+        assert!(
+            batcher
+                .purge_keys(&account, &service, false, vec!["a".to_owned()], deadline)
+                .await
+                .is_none()
+        );
+        assert!(
+            batcher
+                .purge_all(&account, &service, deadline)
+                .await
+                .is_none()
+        );
+        assert_eq!(batcher.waiting_jobs(), 0);
+    }
+}

@@ -1,0 +1,355 @@
+//! Rate budgets: one governor limiter per account and budget class (key and URL purges,
+//! writes, reads), the pause after a 429 and the write spacing derived from Fastly's
+//! rate-limit headers, and the cap on requests in flight per account.
+//!
+//! Fastly limits writes per user per hour (1,000 by default) and counts key and URL purges
+//! against a separate, larger budget; reads are not limited. Every Fastly request passes
+//! [`AccountLimits::admit`] before it is sent and reports its reply to
+//! [`AccountLimits::observe`]. This module knows nothing of jobs.
+
+mod pacer;
+
+pub use pacer::Pacer;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::{LimitSettings, QuotaSettings};
+use crate::fastly::{FastlyError, RateLimit};
+
+/// Budget classes. Fastly counts each against a budget of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BudgetClass {
+    /// Surrogate-key and URL purges.
+    Purge,
+    /// purge_all and other non-GET requests: the hourly write limit per user.
+    Write,
+    /// GET requests. Fastly does not limit them; the worker still paces them politely.
+    Read,
+}
+
+impl BudgetClass {
+    pub const ALL: [BudgetClass; 3] = [BudgetClass::Purge, BudgetClass::Write, BudgetClass::Read];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetClass::Purge => "purge",
+            BudgetClass::Write => "write",
+            BudgetClass::Read => "read",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            BudgetClass::Purge => 0,
+            BudgetClass::Write => 1,
+            BudgetClass::Read => 2,
+        }
+    }
+}
+
+/// Permission to send one request; holding it takes one of the account's in-flight places.
+#[derive(Debug)]
+pub struct Admission {
+    _in_flight: OwnedSemaphorePermit,
+    /// Time spent waiting for the budget and an in-flight place.
+    pub waited: Duration,
+}
+
+/// The budget would allow the request only after the caller's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the {class} budget allows no request before the deadline; earliest in {wait:?}")]
+pub struct OverBudget {
+    pub class: &'static str,
+    /// How long until the budget allows a request.
+    pub wait: Duration,
+}
+
+/// The budgets of one account.
+#[derive(Debug)]
+pub struct AccountLimits {
+    account: String,
+    in_flight: Arc<Semaphore>,
+    classes: [ClassLimit; 3],
+}
+
+#[derive(Debug)]
+struct ClassLimit {
+    class: BudgetClass,
+    /// Replaced as a whole when the quota changes, because a governor quota is fixed.
+    limiter: Mutex<Arc<DefaultDirectRateLimiter>>,
+    pacer: Mutex<Pacer>,
+}
+
+impl AccountLimits {
+    pub fn new(account: &str, settings: &LimitSettings) -> AccountLimits {
+        let class = |class: BudgetClass, quota: &QuotaSettings| ClassLimit {
+            class,
+            limiter: Mutex::new(Arc::new(RateLimiter::direct(governor_quota(quota)))),
+            pacer: Mutex::new(Pacer::default()),
+        };
+        AccountLimits {
+            account: account.to_owned(),
+            in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1) as usize)),
+            classes: [
+                class(BudgetClass::Purge, &settings.purge),
+                class(BudgetClass::Write, &settings.write),
+                class(BudgetClass::Read, &settings.read),
+            ],
+        }
+    }
+
+    fn class(&self, class: BudgetClass) -> &ClassLimit {
+        &self.classes[class.index()]
+    }
+
+    /// Replaces a class's quota, for example with this worker's share of the account's budget.
+    pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings) {
+        let limiter = Arc::new(RateLimiter::direct(governor_quota(quota)));
+        *self.class(class).limiter.lock().unwrap() = limiter;
+    }
+
+    /// Waits until the class's budget and an in-flight place allow one request.
+    ///
+    /// Fails at once, without waiting, when the budget would allow the request only after
+    /// `deadline`: the caller then hands the job back rather than hold its delivery.
+    pub async fn admit(
+        &self,
+        class: BudgetClass,
+        deadline: Instant,
+    ) -> Result<Admission, OverBudget> {
+        let started = Instant::now();
+        let limit = self.class(class);
+        let over = |at: Instant| OverBudget {
+            class: class.as_str(),
+            wait: at.saturating_duration_since(Instant::now()),
+        };
+        loop {
+            let now = Instant::now();
+            let ready_at = limit.pacer.lock().unwrap().ready_at(now);
+            if let Some(at) = ready_at {
+                if at > deadline {
+                    return Err(over(at));
+                }
+                tokio::time::sleep_until(at).await;
+                continue;
+            }
+            let limiter = Arc::clone(&limit.limiter.lock().unwrap());
+            match limiter.check() {
+                Ok(()) => break,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    if now + wait > deadline {
+                        return Err(over(now + wait));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        limit.pacer.lock().unwrap().started(Instant::now());
+
+        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.in_flight).acquire_owned())
+            .await
+            .map_err(|_| over(deadline))?
+            .expect("the in-flight semaphore is never closed");
+        Ok(Admission {
+            _in_flight: permit,
+            waited: started.elapsed(),
+        })
+    }
+
+    /// Learns from a reply: rate-limit headers adjust the spacing of the class, a 429 pauses
+    /// the class until Fastly's reset time, while the other classes keep going.
+    pub fn observe(&self, class: BudgetClass, reply: Result<&RateLimit, &FastlyError>) {
+        let now = Instant::now();
+        let limit = self.class(class);
+        match reply {
+            Ok(rate_limit) => self.observe_headers(limit, rate_limit, now),
+            Err(err) => {
+                let Some(rate_limit) = err.rate_limit() else {
+                    return;
+                };
+                if err.http_status() == Some(429) {
+                    let pause = limit
+                        .pacer
+                        .lock()
+                        .unwrap()
+                        .observe_rate_limited(until_reset(rate_limit), now);
+                    tracing::warn!(
+                        account = %self.account,
+                        class = class.as_str(),
+                        pause_ms = pause.as_millis() as u64,
+                        remaining = rate_limit.remaining,
+                        reset = rate_limit.reset,
+                        "Fastly rate limit reached, pausing this budget class"
+                    );
+                } else {
+                    self.observe_headers(limit, rate_limit, now);
+                }
+            }
+        }
+    }
+
+    fn observe_headers(&self, limit: &ClassLimit, rate_limit: &RateLimit, now: Instant) {
+        if let (Some(remaining), Some(until_reset)) =
+            (rate_limit.remaining, until_reset(rate_limit))
+        {
+            limit
+                .pacer
+                .lock()
+                .unwrap()
+                .observe_budget(remaining, until_reset, now);
+        }
+    }
+
+    /// Returns when a paused class resumes, if it is paused.
+    pub fn paused_until(&self, class: BudgetClass) -> Option<Instant> {
+        self.class(class)
+            .pacer
+            .lock()
+            .unwrap()
+            .paused_until(Instant::now())
+    }
+
+    pub fn class_limits(&self) -> impl Iterator<Item = BudgetClass> + '_ {
+        self.classes.iter().map(|limit| limit.class)
+    }
+}
+
+/// Returns the time until the reset in a rate-limit reply, if it has one.
+fn until_reset(rate_limit: &RateLimit) -> Option<Duration> {
+    let reset = rate_limit.reset?;
+    let now = chrono::Utc::now().timestamp();
+    Some(Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)))
+}
+
+fn governor_quota(settings: &QuotaSettings) -> Quota {
+    let per_hour = NonZeroU32::new(settings.per_hour.max(1)).expect("at least 1");
+    let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least 1");
+    // One request per (3600 s / per_hour), with up to `burst` at once.
+    let period = Duration::from_secs(3600) / per_hour.get();
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("the period is positive")
+        .allow_burst(burst)
+}
+
+/// The budgets of every account.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    accounts: HashMap<String, Arc<AccountLimits>>,
+}
+
+impl Limits {
+    pub fn new<'a>(
+        accounts: impl IntoIterator<Item = &'a str>,
+        settings: &LimitSettings,
+    ) -> Limits {
+        Limits {
+            accounts: accounts
+                .into_iter()
+                .map(|name| {
+                    (
+                        name.to_owned(),
+                        Arc::new(AccountLimits::new(name, settings)),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Arc<AccountLimits>> {
+        self.accounts.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+
+    use super::*;
+
+    fn settings(per_hour: u32, burst: u32) -> LimitSettings {
+        let quota = QuotaSettings { per_hour, burst };
+        LimitSettings {
+            max_in_flight: 2,
+            purge: quota.clone(),
+            write: quota.clone(),
+            read: quota,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test]
+    async fn burst_admitted_then_over_budget() {
+        let limits = AccountLimits::new("a", &settings(3600, 2));
+        let first = limits.admit(BudgetClass::Purge, far()).await.unwrap();
+        let second = limits.admit(BudgetClass::Purge, far()).await.unwrap();
+        drop((first, second));
+        // One per second after the burst, so a deadline 100 ms away cannot be met.
+        let soon = Instant::now() + Duration::from_millis(100);
+        let over = limits.admit(BudgetClass::Purge, soon).await.unwrap_err();
+        assert_eq!(over.class, "purge");
+        assert!(over.wait > Duration::from_millis(500), "{over:?}");
+    }
+
+    #[tokio::test]
+    async fn rate_limit_pauses_only_its_class() {
+        let limits = AccountLimits::new("a", &settings(360_000, 100));
+        let reset = chrono::Utc::now().timestamp() + 600;
+        let too_many = FastlyError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "hourly limit".to_owned(),
+            rate_limit: RateLimit {
+                remaining: Some(0),
+                reset: Some(reset),
+            },
+        };
+        limits.observe(BudgetClass::Write, Err(&too_many));
+
+        assert!(limits.paused_until(BudgetClass::Write).is_some());
+        let soon = Instant::now() + Duration::from_millis(50);
+        let over = limits.admit(BudgetClass::Write, soon).await.unwrap_err();
+        assert!(over.wait > Duration::from_secs(500), "{over:?}");
+        assert!(limits.admit(BudgetClass::Purge, soon).await.is_ok());
+        assert!(limits.admit(BudgetClass::Read, soon).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn headers_spread_remaining_writes() {
+        let limits = AccountLimits::new("a", &settings(360_000, 100));
+        let reset = chrono::Utc::now().timestamp() + 100;
+        let headers = RateLimit {
+            remaining: Some(10),
+            reset: Some(reset),
+        };
+        limits.observe(BudgetClass::Write, Ok(&headers));
+        let first = limits.admit(BudgetClass::Write, far()).await.unwrap();
+        drop(first);
+        // About 10 s between writes now, so a second write within a second is over budget.
+        let soon = Instant::now() + Duration::from_secs(1);
+        let over = limits.admit(BudgetClass::Write, soon).await.unwrap_err();
+        assert!(over.wait > Duration::from_secs(5), "{over:?}");
+    }
+
+    #[tokio::test]
+    async fn in_flight_capped() {
+        let limits = AccountLimits::new("a", &settings(360_000, 100));
+        let one = limits.admit(BudgetClass::Read, far()).await.unwrap();
+        let two = limits.admit(BudgetClass::Purge, far()).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(30);
+        assert!(limits.admit(BudgetClass::Write, soon).await.is_err());
+        drop(one);
+        assert!(limits.admit(BudgetClass::Write, soon).await.is_ok());
+        drop(two);
+    }
+}

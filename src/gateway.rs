@@ -128,6 +128,24 @@ impl Gateway {
             })
     }
 
+    /// Returns the error to give up with at once when the account's class is paused past
+    /// `deadline`, so a job does not wait for a budget it cannot get in time.
+    pub fn paused_past(
+        &self,
+        account: &str,
+        class: BudgetClass,
+        deadline: Instant,
+    ) -> Option<CallError> {
+        let until = self.limits.account(account)?.paused_until(class)?;
+        (until > deadline).then(|| CallError::OverBudget {
+            account: account.to_owned(),
+            over: OverBudget {
+                class: class.as_str(),
+                wait: until.saturating_duration_since(Instant::now()),
+            },
+        })
+    }
+
     /// Sends a request with retries. `first` is an admission the caller already holds for the
     /// first attempt; later attempts wait for the budget again.
     ///

@@ -94,6 +94,12 @@ impl Executor {
         soft: bool,
         deadline: Instant,
     ) -> Outcome {
+        if let Some(error) = self
+            .gateway
+            .paused_past(account.name(), BudgetClass::Purge, deadline)
+        {
+            return Outcome::RetryLater { error, attempts: 0 };
+        }
         let account_name: Arc<str> = Arc::from(account.name());
         let resolved = self
             .batcher
@@ -140,6 +146,12 @@ impl Executor {
         service_id: &ServiceId,
         deadline: Instant,
     ) -> Outcome {
+        if let Some(error) = self
+            .gateway
+            .paused_past(account.name(), BudgetClass::Write, deadline)
+        {
+            return Outcome::RetryLater { error, attempts: 0 };
+        }
         let account_name: Arc<str> = Arc::from(account.name());
         let Some((result, attempts)) = self
             .batcher

@@ -118,6 +118,7 @@ fn check_with_simulator_passes() {
     assert!(stdout.contains("account default"), "{stdout}");
     assert!(stdout.contains("purge_all: yes"), "{stdout}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    delete_queues(&prefix);
 }
 
 #[test]

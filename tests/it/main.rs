@@ -2,6 +2,7 @@
 //! the Fastly simulator. Each test builds its own world with unique queue names, so the tests
 //! run in parallel.
 
+mod batching;
 mod cli;
 mod failures;
 mod jobs;

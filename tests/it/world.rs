@@ -91,6 +91,7 @@ pub fn test_settings(prefix: &str) -> Settings {
     settings.batch.linger_ms = 10;
     settings.redelivery.delivery_budget_ms = 10_000;
     settings.redelivery.max_attempts = 2;
+    settings.redelivery.max_deferrals = 3;
     settings.redelivery.delays_ms = vec![20, 40];
     settings
 }
@@ -160,6 +161,7 @@ impl WorldBuilder {
             settings: self.settings,
             worker: Some(worker),
             client,
+            finished: false,
         }
     }
 }
@@ -170,6 +172,17 @@ pub struct World {
     pub settings: Settings,
     pub worker: Option<WorkerHandle>,
     pub client: Client,
+    /// False until [`World::finish`] ran; a world dropped before, by a failing test, still
+    /// deletes its queues.
+    finished: bool,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !self.finished {
+            crate::process::delete_named_queues(self.queue_names());
+        }
+    }
 }
 
 impl World {
@@ -215,11 +228,8 @@ impl World {
         }
     }
 
-    /// Stops the worker and deletes the world's queues.
-    pub async fn finish(mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.shutdown().await.unwrap();
-        }
+    /// Returns the names of every queue of the world.
+    fn queue_names(&self) -> Vec<String> {
         let broker = &self.settings.broker;
         let mut queues = vec![
             broker.jobs_queue.clone(),
@@ -227,7 +237,16 @@ impl World {
             broker.dead_letter_queue.clone(),
         ];
         queues.extend(self.settings.retry_queues());
-        for queue in &queues {
+        queues
+    }
+
+    /// Stops the worker and deletes the world's queues.
+    pub async fn finish(mut self) {
+        self.finished = true;
+        if let Some(worker) = self.worker.take() {
+            worker.shutdown().await.unwrap();
+        }
+        for queue in &self.queue_names() {
             let _ = self
                 .client
                 .channel
@@ -235,7 +254,7 @@ impl World {
                 .await;
         }
         let _ = self.client.connection.close(200, "test done".into()).await;
-        self.sim.stop().await;
+        // The simulator stops when the world is dropped.
     }
 }
 

@@ -1,0 +1,566 @@
+//! End-to-end benchmark: the worker binary against the local RabbitMQ and the Fastly simulator.
+//!
+//! Run it with `cargo bench --bench pipeline`. It measures, in one run:
+//! 1. the broker ceiling: a minimal lapin consumer with the worker's prefetch that publishes one
+//!    reply per message with confirms and acks it;
+//! 2. the worker with default settings draining a backlog of one-key purge_keys jobs (10
+//!    services, random keys, a quarter soft) from a simulator that answers in 20 ms;
+//! 3. the worker at a steady rate of jobs, measuring latency from publish to result.
+//!
+//! It prints a JSON report and writes it, with a table, into docs/benchmarks.md. Sizes can be
+//! lowered for a quick look: BENCH_BACKLOG (default 100000), BENCH_RATE (jobs/s, default 1000),
+//! BENCH_STEADY_SECS (default 30).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fastly_purge_worker::config::Settings;
+use fastly_purge_worker::sim::{SimConfig, SimToken, Simulator};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-token";
+const SERVICES: usize = 10;
+const SIM_LATENCY: Duration = Duration::from_millis(20);
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a plain `cargo test --benches` passes nothing and must not
+    // run minutes of load.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("pipeline benchmark: run it with `cargo bench --bench pipeline`");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let backlog = env_number("BENCH_BACKLOG", 100_000) as usize;
+    let rate = env_number("BENCH_RATE", 1000);
+    let steady_secs = env_number("BENCH_STEADY_SECS", 30);
+    let settings = Settings::defaults();
+    let prefetch = settings.prefetch();
+    let linger_ms = settings.batch.linger_ms;
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must run on AMQP_URL or 127.0.0.1:5672");
+
+    eprintln!("1/3 broker ceiling: {backlog} messages, prefetch {prefetch}");
+    let ceiling = broker_ceiling(&connection, backlog, prefetch).await;
+    eprintln!("    {:.0} messages/s", ceiling.per_second);
+
+    let sim = Simulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            tokens: vec![SimToken::global(TOKEN)],
+            latency: SIM_LATENCY,
+            purge_limit: u32::MAX,
+            write_limit: u32::MAX,
+            request_log_limit: 1000,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    eprintln!("2/3 worker draining a backlog of {backlog} one-key jobs");
+    let drained = backlog_run(&connection, &sim, backlog).await;
+    eprintln!(
+        "    {:.0} jobs/s, {:.2} requests per 1000 keys, peak RSS {:.1} MiB",
+        drained.per_second, drained.requests_per_1000_keys, drained.peak_rss_mib
+    );
+
+    eprintln!("3/3 worker at {rate} jobs/s for {steady_secs} s (default budgets, then unthrottled)");
+    let steady_default = steady_run(&connection, &sim, rate, steady_secs, &[]).await;
+    let steady_open = steady_run(
+        &connection,
+        &sim,
+        rate,
+        steady_secs,
+        &[("FPW_LIMITS__PURGE__PER_HOUR", "100000000"), ("FPW_LIMITS__PURGE__BURST", "100000")],
+    )
+    .await;
+    eprintln!(
+        "    default budgets: p50 {} ms, p99 {} ms, max {} ms; unthrottled: p50 {} ms, p99 {} ms, max {} ms",
+        steady_default.p50_ms, steady_default.p99_ms, steady_default.max_ms,
+        steady_open.p50_ms, steady_open.p99_ms, steady_open.max_ms
+    );
+
+    let report = json!({
+        "machine": machine(),
+        "settings": {"prefetch": prefetch, "linger_ms": linger_ms, "simulator_latency_ms": SIM_LATENCY.as_millis() as u64,
+                     "services": SERVICES, "soft_share": 0.25, "backlog_jobs": backlog, "steady_rate": rate, "steady_secs": steady_secs},
+        "ceiling": ceiling.to_json(),
+        "backlog": drained.to_json(ceiling.per_second),
+        "steady_default_budgets": steady_default.to_json(),
+        "steady_unthrottled": steady_open.to_json(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    write_report(&report);
+    let _ = connection.close(200, "bench done".into()).await;
+}
+
+struct Ceiling {
+    messages: usize,
+    seconds: f64,
+    per_second: f64,
+}
+
+impl Ceiling {
+    fn to_json(&self) -> Value {
+        json!({"messages": self.messages, "seconds": round(self.seconds), "messages_per_second": self.per_second.round()})
+    }
+}
+
+/// Publishes `count` messages, then consumes them the way the worker does at the least: one
+/// confirmed reply publish and one ack per message.
+async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) -> Ceiling {
+    let input = format!("bench.ceiling.{}", short_id());
+    let output = format!("{input}.out");
+    let channel = connection.create_channel().await.unwrap();
+    for queue in [&input, &output] {
+        declare_quorum(&channel, queue).await;
+    }
+    publish_many(&channel, &input, count, |index| {
+        serde_json::to_vec(&json!({"type": "purge_keys", "service_id": "S1", "keys": [format!("k{index}")]})).unwrap()
+    })
+    .await;
+
+    let consumer_channel = connection.create_channel().await.unwrap();
+    consumer_channel.basic_qos(prefetch, BasicQosOptions::default()).await.unwrap();
+    let reply_channel = connection.create_channel().await.unwrap();
+    reply_channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut consumer = consumer_channel
+        .basic_consume(input.as_str().into(), "ceiling".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let done = Arc::new(tokio::sync::Semaphore::new(0));
+    for _ in 0..count {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        let reply_channel = reply_channel.clone();
+        let output = output.clone();
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let confirm = reply_channel
+                .basic_publish("".into(), output.as_str().into(), BasicPublishOptions::default(), b"{\"status\":\"succeeded\"}", BasicProperties::default().with_delivery_mode(2))
+                .await
+                .unwrap();
+            confirm.await.unwrap();
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            done.add_permits(1);
+        });
+    }
+    let _ = done.acquire_many(count as u32).await.unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    for queue in [&input, &output] {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    Ceiling { messages: count, seconds, per_second: count as f64 / seconds }
+}
+
+struct Drained {
+    jobs: usize,
+    seconds: f64,
+    per_second: f64,
+    requests: u64,
+    requests_per_1000_keys: f64,
+    peak_rss_mib: f64,
+    cpu_seconds_per_10k: f64,
+}
+
+impl Drained {
+    fn to_json(&self, ceiling: f64) -> Value {
+        json!({
+            "jobs": self.jobs, "seconds": round(self.seconds), "jobs_per_second": self.per_second.round(),
+            "ratio_to_ceiling": round(self.per_second / ceiling),
+            "fastly_requests": self.requests, "requests_per_1000_keys": round(self.requests_per_1000_keys),
+            "ideal_requests_per_1000_keys": round(1000.0 / 256.0),
+            "peak_rss_mib": round(self.peak_rss_mib), "cpu_seconds_per_10000_jobs": round(self.cpu_seconds_per_10k),
+        })
+    }
+}
+
+/// Fills the jobs queue, then starts the worker and times it until every result is in.
+async fn backlog_run(connection: &Connection, sim: &Simulator, count: usize) -> Drained {
+    let prefix = format!("bench.backlog.{}", short_id());
+    let settings = queue_settings(&prefix);
+    declare_worker_queues(&settings).await;
+    let channel = connection.create_channel().await.unwrap();
+    publish_many(&channel, &settings.broker.jobs_queue, count, |index| {
+        serde_json::to_vec(&random_job(index)).unwrap()
+    })
+    .await;
+    sim.reset();
+
+    let mut worker = start_worker(sim, &prefix, &[]);
+    let started = Instant::now();
+    let received = count_results(connection, &settings.broker.results_queue, count).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (peak_rss_mib, cpu_seconds) = process_usage(worker.id());
+    stop_worker(&mut worker);
+    assert_eq!(received.len(), count, "every job must get a result");
+
+    let stats = sim.stats();
+    let requests = stats.purges;
+    delete_worker_queues(connection, &settings).await;
+    Drained {
+        jobs: count,
+        seconds,
+        per_second: count as f64 / seconds,
+        requests,
+        requests_per_1000_keys: requests as f64 * 1000.0 / count as f64,
+        peak_rss_mib,
+        cpu_seconds_per_10k: cpu_seconds * 10_000.0 / count as f64,
+    }
+}
+
+struct Steady {
+    jobs: usize,
+    p50_ms: u64,
+    p99_ms: u64,
+    max_ms: u64,
+    requests: u64,
+    peak_rss_mib: f64,
+}
+
+impl Steady {
+    fn to_json(&self) -> Value {
+        json!({"jobs": self.jobs, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "max_ms": self.max_ms,
+               "fastly_requests": self.requests, "peak_rss_mib": round(self.peak_rss_mib)})
+    }
+}
+
+/// Publishes jobs at `rate` per second to a running worker and measures publish-to-result
+/// latency of each.
+async fn steady_run(
+    connection: &Connection,
+    sim: &Simulator,
+    rate: u64,
+    seconds: u64,
+    env: &[(&str, &str)],
+) -> Steady {
+    let prefix = format!("bench.steady.{}", short_id());
+    let settings = queue_settings(&prefix);
+    declare_worker_queues(&settings).await;
+    sim.reset();
+    let mut worker = start_worker(sim, &prefix, env);
+    let total = (rate * seconds) as usize;
+
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let collector = {
+        let connection_url = amqp_url();
+        let results_queue = settings.broker.results_queue.clone();
+        let published = Arc::clone(&published);
+        tokio::spawn(async move {
+            let connection = Connection::connect(&connection_url, ConnectionProperties::default()).await.unwrap();
+            let results = count_results(&connection, &results_queue, total).await;
+            let published = published.lock().unwrap();
+            let mut latencies: Vec<u64> = results
+                .iter()
+                .filter_map(|(id, at)| published.get(id).map(|sent| at.duration_since(*sent).as_millis() as u64))
+                .collect();
+            latencies.sort_unstable();
+            latencies
+        })
+    };
+
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    // Ten jobs every 10 ms at 1,000 jobs/s.
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100).max(1) as usize;
+    let mut interval = tokio::time::interval(tick);
+    let mut sent = 0;
+    while sent < total {
+        interval.tick().await;
+        for _ in 0..per_tick.min(total - sent) {
+            let job = random_job(sent);
+            let id = job["id"].as_str().unwrap().to_owned();
+            published.lock().unwrap().insert(id, Instant::now());
+            channel
+                .basic_publish("".into(), settings.broker.jobs_queue.as_str().into(), BasicPublishOptions::default(),
+                    &serde_json::to_vec(&job).unwrap(), BasicProperties::default().with_delivery_mode(2))
+                .await
+                .unwrap();
+            sent += 1;
+        }
+    }
+    let latencies = collector.await.unwrap();
+    let (peak_rss_mib, _) = process_usage(worker.id());
+    stop_worker(&mut worker);
+    let requests = sim.stats().purges;
+    delete_worker_queues(connection, &settings).await;
+    let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    Steady {
+        jobs: latencies.len(),
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        max_ms: *latencies.last().unwrap(),
+        requests,
+        peak_rss_mib,
+    }
+}
+
+/// A one-key purge_keys job on one of ten services, soft one time in four.
+fn random_job(index: usize) -> Value {
+    let service = format!("BenchService{}", index % SERVICES);
+    let key = format!("key-{:016x}", rand::random::<u64>());
+    json!({"id": format!("job-{index}"), "type": "purge_keys", "service_id": service, "keys": [key], "soft": rand::random_ratio(1, 4)})
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+fn queue_settings(prefix: &str) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.broker.url = amqp_url();
+    settings.broker.jobs_queue = format!("{prefix}.jobs");
+    settings.broker.results_queue = format!("{prefix}.results");
+    settings.broker.dead_letter_queue = format!("{prefix}.dead");
+    settings.broker.retry_queue = format!("{prefix}.retry");
+    settings
+}
+
+async fn declare_worker_queues(settings: &Settings) {
+    let connection = fastly_purge_worker::broker::connect(&settings.broker).await.unwrap();
+    fastly_purge_worker::broker::declare_topology(&connection, &settings.broker, &settings.retry_queues())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "declared".into()).await;
+}
+
+async fn delete_worker_queues(connection: &Connection, settings: &Settings) {
+    let channel = connection.create_channel().await.unwrap();
+    let mut queues = vec![
+        settings.broker.jobs_queue.clone(),
+        settings.broker.results_queue.clone(),
+        settings.broker.dead_letter_queue.clone(),
+    ];
+    queues.extend(settings.retry_queues());
+    for queue in queues {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+}
+
+async fn declare_quorum(channel: &Channel, queue: &str) {
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    channel
+        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }, arguments)
+        .await
+        .unwrap();
+}
+
+/// Publishes `count` persistent messages with confirms, a thousand at a time.
+async fn publish_many(channel: &Channel, queue: &str, count: usize, body: impl Fn(usize) -> Vec<u8>) {
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    for index in 0..count {
+        let _ = channel
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body(index),
+                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()))
+            .await
+            .unwrap();
+        if index % 1000 == 999 {
+            channel.wait_for_confirms().await.unwrap();
+        }
+    }
+    channel.wait_for_confirms().await.unwrap();
+}
+
+/// Consumes `count` results and returns each job id with its arrival time.
+async fn count_results(connection: &Connection, queue: &str, count: usize) -> Vec<(String, Instant)> {
+    let channel = connection.create_channel().await.unwrap();
+    channel.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = channel
+        .basic_consume(queue.into(), "bench-results".into(), BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    let mut results = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while results.len() < count && Instant::now() < deadline {
+        let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(60), consumer.next()).await else {
+            eprintln!("    no result for 60 s; {} of {count} arrived", results.len());
+            break;
+        };
+        let delivery = delivery.unwrap();
+        let at = Instant::now();
+        let result: Value = serde_json::from_slice(&delivery.data).unwrap();
+        if result["status"] != "succeeded" {
+            eprintln!("    job did not succeed: {result}");
+        }
+        results.push((result["job_id"].as_str().unwrap_or_default().to_owned(), at));
+    }
+    let _ = channel.close(200, "counted".into()).await;
+    results
+}
+
+/// Starts the release worker binary against the simulator and waits until it consumes.
+fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fastly-purge-worker"));
+    command
+        .arg("run")
+        .env("AMQP_URL", amqp_url())
+        .env("FASTLY_API_URL", sim.base_url())
+        .env("FASTLY_API_TOKEN", TOKEN)
+        .env("FPW_BROKER__JOBS_QUEUE", format!("{prefix}.jobs"))
+        .env("FPW_BROKER__RESULTS_QUEUE", format!("{prefix}.results"))
+        .env("FPW_BROKER__DEAD_LETTER_QUEUE", format!("{prefix}.dead"))
+        .env("FPW_BROKER__RETRY_QUEUE", format!("{prefix}.retry"))
+        .env("RUST_LOG", "warn,fastly_purge_worker::worker=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("the worker binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (ready, ready_seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("consuming jobs") {
+                let _ = ready.send(());
+            } else if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("    worker: {line}");
+            }
+        }
+    });
+    ready_seen.recv_timeout(Duration::from_secs(60)).expect("the worker starts consuming");
+    child
+}
+
+fn stop_worker(worker: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    let _ = worker.wait();
+}
+
+/// Reads a process's peak resident memory (MiB) and CPU time (seconds) from /proc.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_kib: f64 = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (in parentheses): utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports CPU time in clock ticks of 1/100 s on every common configuration.
+    (peak_kib / 1024.0, ticks / 100.0)
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemTotal:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map(|kib| round(kib / 1024.0 / 1024.0))
+        .unwrap_or(0.0);
+    let rabbitmq = Command::new("rabbitmqctl")
+        .args(["version"])
+        .output()
+        .ok()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    json!({
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_gib": memory_gib,
+        "rabbitmq": rabbitmq,
+        "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),
+    })
+}
+
+fn round(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// Replaces the generated part of docs/benchmarks.md, between its markers, with this run.
+fn write_report(report: &Value) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
+    let Ok(page) = std::fs::read_to_string(path) else {
+        eprintln!("docs/benchmarks.md not found; the report above is not saved");
+        return;
+    };
+    let (start, end) = ("<!-- pipeline:start -->", "<!-- pipeline:end -->");
+    let (Some(from), Some(to)) = (page.find(start), page.find(end)) else {
+        eprintln!("docs/benchmarks.md has no pipeline markers; the report above is not saved");
+        return;
+    };
+    let c = &report["ceiling"];
+    let b = &report["backlog"];
+    let d = &report["steady_default_budgets"];
+    let o = &report["steady_unthrottled"];
+    let m = &report["machine"];
+    let table = format!(
+        "\nLast run {date} on {cpu} ({cores} cores, {mem} GiB), RabbitMQ {rmq}.\n\n\
+| measure | value |\n|---|---|\n\
+| broker ceiling | {c_rate} messages/s |\n\
+| worker, backlog of {jobs} jobs | {b_rate} jobs/s ({ratio} of the ceiling) |\n\
+| Fastly requests per 1,000 keys (backlog) | {rq} (ideal {ideal}) |\n\
+| peak RSS (backlog) | {rss} MiB |\n\
+| CPU seconds per 10,000 jobs (backlog) | {cpu_s} |\n\
+| steady {rate} jobs/s, default budgets: p50 / p99 / max | {dp50} / {dp99} / {dmax} ms |\n\
+| steady {rate} jobs/s, purge budget unthrottled: p50 / p99 / max | {op50} / {op99} / {omax} ms |\n\n\
+```json\n{json}\n```\n",
+        date = m["date"].as_str().unwrap_or_default(),
+        cpu = m["cpu"].as_str().unwrap_or_default(),
+        cores = m["cores"],
+        mem = m["memory_gib"],
+        rmq = m["rabbitmq"].as_str().unwrap_or_default(),
+        c_rate = c["messages_per_second"],
+        jobs = b["jobs"],
+        b_rate = b["jobs_per_second"],
+        ratio = b["ratio_to_ceiling"],
+        rq = b["requests_per_1000_keys"],
+        ideal = b["ideal_requests_per_1000_keys"],
+        rss = b["peak_rss_mib"],
+        cpu_s = b["cpu_seconds_per_10000_jobs"],
+        rate = report["settings"]["steady_rate"],
+        dp50 = d["p50_ms"], dp99 = d["p99_ms"], dmax = d["max_ms"],
+        op50 = o["p50_ms"], op99 = o["p99_ms"], omax = o["max_ms"],
+        json = serde_json::to_string_pretty(report).unwrap(),
+    );
+    let updated = format!("{}{start}{table}{}", &page[..from], &page[to..]);
+    std::fs::write(path, updated).unwrap();
+    eprintln!("wrote docs/benchmarks.md");
+}

@@ -37,7 +37,11 @@ fn run_batches(services: &[ServiceId], account: &Arc<str>) -> usize {
     }
     // What is left goes out when the linger time has passed.
     requests += drain(&mut state, &queue, now + Duration::from_secs(1));
-    assert!(receivers.iter_mut().all(|receiver| receiver.try_recv().is_ok()));
+    assert!(
+        receivers
+            .iter_mut()
+            .all(|receiver| receiver.try_recv().is_ok())
+    );
     requests
 }
 

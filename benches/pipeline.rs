@@ -9,7 +9,8 @@
 //!
 //! It prints a JSON report and writes it, with a table, into docs/benchmarks.md. Sizes can be
 //! lowered for a quick look: BENCH_BACKLOG (default 100000), BENCH_RATE (jobs/s, default 1000),
-//! BENCH_STEADY_SECS (default 30).
+//! BENCH_STEADY_SECS (default 30). BENCH_PREFETCH overrides the worker's prefetch in the backlog
+//! run, to see how memory and requests follow it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -94,20 +95,29 @@ async fn run() {
         drained.per_second, drained.requests_per_1000_keys, drained.peak_rss_mib
     );
 
-    eprintln!("3/3 worker at {rate} jobs/s for {steady_secs} s (default budgets, then unthrottled)");
+    eprintln!(
+        "3/3 worker at {rate} jobs/s for {steady_secs} s (default budgets, then unthrottled)"
+    );
     let steady_default = steady_run(&connection, &sim, rate, steady_secs, &[]).await;
     let steady_open = steady_run(
         &connection,
         &sim,
         rate,
         steady_secs,
-        &[("FPW_LIMITS__PURGE__PER_HOUR", "100000000"), ("FPW_LIMITS__PURGE__BURST", "100000")],
+        &[
+            ("FPW_LIMITS__PURGE__PER_HOUR", "100000000"),
+            ("FPW_LIMITS__PURGE__BURST", "100000"),
+        ],
     )
     .await;
     eprintln!(
         "    default budgets: p50 {} ms, p99 {} ms, max {} ms; unthrottled: p50 {} ms, p99 {} ms, max {} ms",
-        steady_default.p50_ms, steady_default.p99_ms, steady_default.max_ms,
-        steady_open.p50_ms, steady_open.p99_ms, steady_open.max_ms
+        steady_default.p50_ms,
+        steady_default.p99_ms,
+        steady_default.max_ms,
+        steady_open.p50_ms,
+        steady_open.p99_ms,
+        steady_open.max_ms
     );
 
     let report = json!({
@@ -146,19 +156,43 @@ async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) ->
         declare_quorum(&channel, queue).await;
     }
     publish_many(&channel, &input, count, |index| {
-        serde_json::to_vec(&json!({"type": "purge_keys", "service_id": "S1", "keys": [format!("k{index}")]})).unwrap()
+        serde_json::to_vec(
+            &json!({"type": "purge_keys", "service_id": "S1", "keys": [format!("k{index}")]}),
+        )
+        .unwrap()
     })
     .await;
 
     let consumer_channel = connection.create_channel().await.unwrap();
-    consumer_channel.basic_qos(prefetch, BasicQosOptions::default()).await.unwrap();
+    consumer_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
     let reply_channel = connection.create_channel().await.unwrap();
-    reply_channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    reply_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut consumer = consumer_channel
-        .basic_consume(input.as_str().into(), "ceiling".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            input.as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
 
+    // A reply the size of a real result, so the broker moves as many bytes as for the worker.
+    let reply: Arc<[u8]> = serde_json::to_vec(&json!({
+        "job_id": "job-12345", "type": "purge_keys", "status": "succeeded", "account": "default",
+        "attempts": 1, "redelivered": false, "received_at": "2026-12-04T20:30:00.120Z",
+        "finished_at": "2026-12-04T20:30:00.161Z",
+        "output": {"service_id": "BenchService3", "soft": false, "purge_ids": {"key-8f3a9c1e2b4d6f70": "4151-1796411400-1"}},
+        "error": null
+    }))
+    .unwrap()
+    .into();
     let started = Instant::now();
     let done = Arc::new(tokio::sync::Semaphore::new(0));
     for _ in 0..count {
@@ -166,9 +200,19 @@ async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) ->
         let reply_channel = reply_channel.clone();
         let output = output.clone();
         let done = Arc::clone(&done);
+        let reply = Arc::clone(&reply);
         tokio::spawn(async move {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
             let confirm = reply_channel
-                .basic_publish("".into(), output.as_str().into(), BasicPublishOptions::default(), b"{\"status\":\"succeeded\"}", BasicProperties::default().with_delivery_mode(2))
+                .basic_publish(
+                    "".into(),
+                    output.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &reply,
+                    properties,
+                )
                 .await
                 .unwrap();
             confirm.await.unwrap();
@@ -179,9 +223,15 @@ async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) ->
     let _ = done.acquire_many(count as u32).await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
     for queue in [&input, &output] {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
-    Ceiling { messages: count, seconds, per_second: count as f64 / seconds }
+    Ceiling {
+        messages: count,
+        seconds,
+        per_second: count as f64 / seconds,
+    }
 }
 
 struct Drained {
@@ -218,12 +268,21 @@ async fn backlog_run(connection: &Connection, sim: &Simulator, count: usize) -> 
     .await;
     sim.reset();
 
-    let mut worker = start_worker(sim, &prefix, &[]);
+    let prefetch = std::env::var("BENCH_PREFETCH").unwrap_or_default();
+    let env: Vec<(&str, &str)> = if prefetch.is_empty() {
+        Vec::new()
+    } else {
+        vec![("FPW_BROKER__PREFETCH", prefetch.as_str())]
+    };
+    let mut worker = start_worker(sim, &prefix, &env);
     let started = Instant::now();
-    let received = count_results(connection, &settings.broker.results_queue, count).await;
+    // Counting by queue depth adds no consumer, so the broker does the same work as for the
+    // ceiling; the results are read after the clock stops.
+    wait_for_depth(connection, &settings.broker.results_queue, count).await;
     let seconds = started.elapsed().as_secs_f64();
     let (peak_rss_mib, cpu_seconds) = process_usage(worker.id());
     stop_worker(&mut worker);
+    let received = count_results(connection, &settings.broker.results_queue, count).await;
     assert_eq!(received.len(), count, "every job must get a result");
 
     let stats = sim.stats();
@@ -278,12 +337,18 @@ async fn steady_run(
         let results_queue = settings.broker.results_queue.clone();
         let published = Arc::clone(&published);
         tokio::spawn(async move {
-            let connection = Connection::connect(&connection_url, ConnectionProperties::default()).await.unwrap();
+            let connection = Connection::connect(&connection_url, ConnectionProperties::default())
+                .await
+                .unwrap();
             let results = count_results(&connection, &results_queue, total).await;
             let published = published.lock().unwrap();
             let mut latencies: Vec<u64> = results
                 .iter()
-                .filter_map(|(id, at)| published.get(id).map(|sent| at.duration_since(*sent).as_millis() as u64))
+                .filter_map(|(id, at)| {
+                    published
+                        .get(id)
+                        .map(|sent| at.duration_since(*sent).as_millis() as u64)
+                })
                 .collect();
             latencies.sort_unstable();
             latencies
@@ -291,7 +356,10 @@ async fn steady_run(
     };
 
     let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     // Ten jobs every 10 ms at 1,000 jobs/s.
     let tick = Duration::from_millis(10);
     let per_tick = (rate / 100).max(1) as usize;
@@ -304,8 +372,13 @@ async fn steady_run(
             let id = job["id"].as_str().unwrap().to_owned();
             published.lock().unwrap().insert(id, Instant::now());
             channel
-                .basic_publish("".into(), settings.broker.jobs_queue.as_str().into(), BasicPublishOptions::default(),
-                    &serde_json::to_vec(&job).unwrap(), BasicProperties::default().with_delivery_mode(2))
+                .basic_publish(
+                    "".into(),
+                    settings.broker.jobs_queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&job).unwrap(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
                 .await
                 .unwrap();
             sent += 1;
@@ -349,10 +422,16 @@ fn queue_settings(prefix: &str) -> Settings {
 }
 
 async fn declare_worker_queues(settings: &Settings) {
-    let connection = fastly_purge_worker::broker::connect(&settings.broker).await.unwrap();
-    fastly_purge_worker::broker::declare_topology(&connection, &settings.broker, &settings.retry_queues())
+    let connection = fastly_purge_worker::broker::connect(&settings.broker)
         .await
         .unwrap();
+    fastly_purge_worker::broker::declare_topology(
+        &connection,
+        &settings.broker,
+        &settings.retry_queues(),
+    )
+    .await
+    .unwrap();
     let _ = connection.close(200, "declared".into()).await;
 }
 
@@ -365,28 +444,58 @@ async fn delete_worker_queues(connection: &Connection, settings: &Settings) {
     ];
     queues.extend(settings.retry_queues());
     for queue in queues {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
 }
 
 async fn declare_quorum(channel: &Channel, queue: &str) {
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
     channel
-        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }, arguments)
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
         .await
         .unwrap();
 }
 
 /// Publishes `count` persistent messages with confirms, a thousand at a time.
-async fn publish_many(channel: &Channel, queue: &str, count: usize, body: impl Fn(usize) -> Vec<u8>) {
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+async fn publish_many(
+    channel: &Channel,
+    queue: &str,
+    count: usize,
+    body: impl Fn(usize) -> Vec<u8>,
+) {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for index in 0..count {
-        let _ = channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body(index),
-                BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into()))
-            .await
-            .unwrap();
+        // The confirm is awaited in bulk below, not per message.
+        drop(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body(index),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .unwrap(),
+        );
         if index % 1000 == 999 {
             channel.wait_for_confirms().await.unwrap();
         }
@@ -394,19 +503,64 @@ async fn publish_many(channel: &Channel, queue: &str, count: usize, body: impl F
     channel.wait_for_confirms().await.unwrap();
 }
 
+/// Waits until `queue` holds `count` messages, polling its depth.
+async fn wait_for_depth(connection: &Connection, queue: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while Instant::now() < deadline {
+        let channel = connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = channel.close(200, "polled".into()).await;
+        if declared.message_count() as usize >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("    the results did not all arrive within 900 s");
+}
+
 /// Consumes `count` results and returns each job id with its arrival time.
-async fn count_results(connection: &Connection, queue: &str, count: usize) -> Vec<(String, Instant)> {
+async fn count_results(
+    connection: &Connection,
+    queue: &str,
+    count: usize,
+) -> Vec<(String, Instant)> {
     let channel = connection.create_channel().await.unwrap();
-    channel.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut consumer = channel
-        .basic_consume(queue.into(), "bench-results".into(), BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() }, FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "bench-results".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut results = Vec::with_capacity(count);
     let deadline = Instant::now() + Duration::from_secs(900);
     while results.len() < count && Instant::now() < deadline {
-        let Ok(Some(delivery)) = tokio::time::timeout(Duration::from_secs(60), consumer.next()).await else {
-            eprintln!("    no result for 60 s; {} of {count} arrived", results.len());
+        let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_secs(60), consumer.next()).await
+        else {
+            eprintln!(
+                "    no result for 60 s; {} of {count} arrived",
+                results.len()
+            );
             break;
         };
         let delivery = delivery.unwrap();
@@ -423,7 +577,19 @@ async fn count_results(connection: &Connection, queue: &str, count: usize) -> Ve
 
 /// Starts the release worker binary against the simulator and waits until it consumes.
 fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fastly-purge-worker"));
+    // BENCH_WORKER_WRAPPER runs the worker under a profiler, such as valgrind's massif.
+    let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command
+                .args(words)
+                .arg(env!("CARGO_BIN_EXE_fastly-purge-worker"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_fastly-purge-worker")),
+    };
     command
         .arg("run")
         .env("AMQP_URL", amqp_url())
@@ -433,7 +599,11 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
         .env("FPW_BROKER__RESULTS_QUEUE", format!("{prefix}.results"))
         .env("FPW_BROKER__DEAD_LETTER_QUEUE", format!("{prefix}.dead"))
         .env("FPW_BROKER__RETRY_QUEUE", format!("{prefix}.retry"))
-        .env("RUST_LOG", "warn,fastly_purge_worker::worker=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_WORKER_LOG")
+                .unwrap_or_else(|_| "warn,fastly_purge_worker::worker=info".to_owned()),
+        )
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     for (name, value) in env {
@@ -451,12 +621,16 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
             }
         }
     });
-    ready_seen.recv_timeout(Duration::from_secs(60)).expect("the worker starts consuming");
+    ready_seen
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the worker starts consuming");
     child
 }
 
 fn stop_worker(worker: &mut Child) {
-    let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
     let _ = worker.wait();
 }
 
@@ -471,10 +645,19 @@ fn process_usage(pid: u32) -> (f64, f64) {
         .unwrap_or(0.0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (in parentheses): utime and stime are fields 14 and 15.
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     // Linux reports CPU time in clock ticks of 1/100 s on every common configuration.
     (peak_kib / 1024.0, ticks / 100.0)
 }
@@ -514,6 +697,11 @@ fn round(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
+/// Formats a JSON number as a whole number.
+fn whole(value: &Value) -> u64 {
+    value.as_f64().unwrap_or(0.0).round() as u64
+}
+
 /// Replaces the generated part of docs/benchmarks.md, between its markers, with this run.
 fn write_report(report: &Value) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/benchmarks.md");
@@ -547,17 +735,21 @@ fn write_report(report: &Value) {
         cores = m["cores"],
         mem = m["memory_gib"],
         rmq = m["rabbitmq"].as_str().unwrap_or_default(),
-        c_rate = c["messages_per_second"],
+        c_rate = whole(&c["messages_per_second"]),
         jobs = b["jobs"],
-        b_rate = b["jobs_per_second"],
+        b_rate = whole(&b["jobs_per_second"]),
         ratio = b["ratio_to_ceiling"],
         rq = b["requests_per_1000_keys"],
         ideal = b["ideal_requests_per_1000_keys"],
         rss = b["peak_rss_mib"],
         cpu_s = b["cpu_seconds_per_10000_jobs"],
         rate = report["settings"]["steady_rate"],
-        dp50 = d["p50_ms"], dp99 = d["p99_ms"], dmax = d["max_ms"],
-        op50 = o["p50_ms"], op99 = o["p99_ms"], omax = o["max_ms"],
+        dp50 = d["p50_ms"],
+        dp99 = d["p99_ms"],
+        dmax = d["max_ms"],
+        op50 = o["p50_ms"],
+        op99 = o["p99_ms"],
+        omax = o["max_ms"],
         json = serde_json::to_string_pretty(report).unwrap(),
     );
     let updated = format!("{}{start}{table}{}", &page[..from], &page[to..]);

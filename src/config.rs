@@ -176,12 +176,17 @@ pub struct RetrySettings {
 #[serde(deny_unknown_fields)]
 pub struct BatchSettings {
     pub linger_ms: u64,
+    pub backlog_linger_ms: u64,
     pub max_keys: usize,
 }
 
 impl BatchSettings {
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn backlog_linger(&self) -> Duration {
+        Duration::from_millis(self.backlog_linger_ms.max(self.linger_ms))
     }
 }
 
@@ -470,6 +475,13 @@ impl Settings {
         }
 
         positive("batch.linger_ms", self.batch.linger_ms)?;
+        if self.batch.backlog_linger_ms < self.batch.linger_ms {
+            return Err(invalid(
+                "batch.backlog_linger_ms",
+                &self.batch.backlog_linger_ms.to_string(),
+                "must not be smaller than batch.linger_ms",
+            ));
+        }
         if !(1..=crate::fastly::MAX_KEYS_PER_REQUEST).contains(&self.batch.max_keys) {
             return Err(invalid(
                 "batch.max_keys",
@@ -502,7 +514,7 @@ impl Settings {
         // within the budget.
         let minimum = self.fastly.request_timeout_ms
             + self.fastly.retry.max_delay_ms
-            + self.batch.linger_ms
+            + self.batch.backlog_linger_ms
             + broker.publish_timeout_ms;
         if redelivery.delivery_budget_ms <= minimum {
             return Err(invalid(
@@ -510,8 +522,8 @@ impl Settings {
                 &redelivery.delivery_budget_ms.to_string(),
                 &format!(
                     "must exceed {minimum}: fastly.request_timeout_ms + fastly.retry.max_delay_ms \
-                     + batch.linger_ms + broker.publish_timeout_ms, so that a job can make one \
-                     request and publish its result within it"
+                     + batch.backlog_linger_ms + broker.publish_timeout_ms, so that a job can \
+                     make one request and publish its result within it"
                 ),
             ));
         }

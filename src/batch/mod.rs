@@ -11,6 +11,7 @@ mod state;
 pub use state::{BatchKind, KeysResult, Next, QueueKey, Resolution, Sealed, State};
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,18 +58,38 @@ struct Shared<D: Dispatch> {
 /// The batcher: submit keys or purge_all jobs, get their resolution.
 pub struct Batcher<D: Dispatch> {
     shared: Arc<Shared<D>>,
+    /// Last value given to [`Batcher::set_behind`].
+    behind: AtomicBool,
     dispatchers: Mutex<HashMap<QueueKey, JoinHandle<()>>>,
 }
 
 impl<D: Dispatch> Batcher<D> {
     pub fn new(dispatch: D, max_keys: usize, linger: Duration) -> Batcher<D> {
+        Batcher::with_backlog_linger(dispatch, max_keys, linger, linger, usize::MAX)
+    }
+
+    /// Creates a batcher that lingers `backlog_linger` while the worker is behind, unless
+    /// about `max_waiting` jobs (the prefetch) already wait.
+    pub fn with_backlog_linger(
+        dispatch: D,
+        max_keys: usize,
+        linger: Duration,
+        backlog_linger: Duration,
+        max_waiting: usize,
+    ) -> Batcher<D> {
         Batcher {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::new(max_keys, linger)),
+                state: Mutex::new(State::with_backlog_linger(
+                    max_keys,
+                    linger,
+                    backlog_linger,
+                    max_waiting,
+                )),
                 dispatch,
                 wakers: Mutex::new(HashMap::new()),
             }),
             dispatchers: Mutex::new(HashMap::new()),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -125,6 +146,19 @@ impl<D: Dispatch> Batcher<D> {
                 self.shared.state.lock().unwrap().withdraw(job);
                 None
             }
+        }
+    }
+
+    /// Tells the batcher whether the worker is behind (its prefetch window full), which makes
+    /// batches wait up to the backlog linger for keys. Dispatchers look again at once.
+    pub fn set_behind(&self, behind: bool) {
+        // Called for every delivery, so the lock is taken only on a change.
+        if self.behind.swap(behind, Ordering::Relaxed) == behind {
+            return;
+        }
+        self.shared.state.lock().unwrap().set_behind(behind);
+        for notify in self.shared.wakers.lock().unwrap().values() {
+            notify.notify_one();
         }
     }
 
@@ -221,7 +255,7 @@ async fn run_dispatcher<D: Dispatch>(shared: Arc<Shared<D>>, queue: QueueKey, no
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 

@@ -126,6 +126,14 @@ struct PendingJob<E> {
 pub struct State<E> {
     max_keys: usize,
     linger: Duration,
+    /// Linger while the worker is behind (see [`State::set_behind`]): latency is then set by
+    /// the queue anyway, and fuller requests save Fastly budget.
+    backlog_linger: Duration,
+    /// Whether the worker is behind: jobs wait in the queue, unconsumed.
+    behind: bool,
+    /// Jobs that can wait here at once (the prefetch). When nearly that many wait, no new job
+    /// can arrive to fill a batch, so waiting longer would only stall the worker.
+    max_waiting: usize,
     next_id: u64,
     batches: HashMap<BatchId, Batch>,
     /// The key batch that accepts new keys, per (account, service, soft).
@@ -139,9 +147,23 @@ pub struct State<E> {
 
 impl<E: Clone> State<E> {
     pub fn new(max_keys: usize, linger: Duration) -> State<E> {
+        State::with_backlog_linger(max_keys, linger, linger, usize::MAX)
+    }
+
+    /// Creates a state that lingers `backlog_linger` instead of `linger` while the worker is
+    /// behind, unless about `max_waiting` jobs already wait.
+    pub fn with_backlog_linger(
+        max_keys: usize,
+        linger: Duration,
+        backlog_linger: Duration,
+        max_waiting: usize,
+    ) -> State<E> {
         State {
             max_keys: max_keys.max(1),
             linger,
+            backlog_linger: backlog_linger.max(linger),
+            behind: false,
+            max_waiting: max_waiting.max(1),
             next_id: 1,
             batches: HashMap::new(),
             open_keys: HashMap::new(),
@@ -286,10 +308,19 @@ impl<E: Clone> State<E> {
         let Some(order) = self.queues.get(queue) else {
             return Next::Idle;
         };
+        // Nine tenths of the window: deliveries being settled also hold a place in it.
+        let window_full = self.jobs.len() >= self.max_waiting - self.max_waiting / 10;
+        let linger = if window_full {
+            Duration::ZERO
+        } else if self.behind {
+            self.backlog_linger
+        } else {
+            self.linger
+        };
         let mut earliest: Option<Instant> = None;
         for id in order {
             let batch = &self.batches[id];
-            let due = batch.opened_at + self.linger;
+            let due = batch.opened_at + linger;
             let full = batch.keys.len() >= self.max_keys;
             if full || due <= now {
                 return Next::Ready(*id);
@@ -311,7 +342,11 @@ impl<E: Clone> State<E> {
         );
         let mut riders = Vec::new();
         if kind == BatchKind::PurgeAll {
-            let queue = Self::queue_of(&account, BatchKind::Keys { soft: false });
+            // Soft and hard key batches share their account's purge queue.
+            let queue = QueueKey {
+                account: Arc::clone(&account),
+                write: false,
+            };
             let candidates: Vec<BatchId> = self
                 .queues
                 .get(&queue)
@@ -467,6 +502,11 @@ impl<E: Clone> State<E> {
             // The receiver is gone when the job stopped waiting.
             let _ = pending.reply.send(pending.resolution);
         }
+    }
+
+    /// Records whether the worker is behind, which switches to the backlog linger.
+    pub fn set_behind(&mut self, behind: bool) {
+        self.behind = behind;
     }
 
     /// Forgets a job that stopped waiting. Its keys stay in their batches and are purged.
@@ -827,6 +867,48 @@ mod tests {
     }
 
     #[test]
+    fn full_window_sends_oldest_batch_at_once() {
+        let now = Instant::now();
+        let long = Duration::from_millis(900);
+        let mut state = TestState::with_backlog_linger(256, LINGER, long, 10);
+        state.set_behind(true);
+        for key in 0..8 {
+            state.submit_keys(
+                &account(),
+                &service("S1"),
+                false,
+                vec![format!("k{key}")],
+                now,
+            );
+        }
+        assert_eq!(state.next_ready(&queue(false), now), Next::At(now + long));
+        state.submit_keys(&account(), &service("S2"), false, keys(&["x"]), now);
+        // Nine jobs wait out of a window of ten: no job can come to fill the batches.
+        assert!(matches!(
+            state.next_ready(&queue(false), now),
+            Next::Ready(_)
+        ));
+    }
+
+    #[test]
+    fn backlog_lingers_longer_until_it_drains() {
+        let now = Instant::now();
+        let long = Duration::from_millis(900);
+        let mut state = TestState::with_backlog_linger(256, LINGER, long, 1000);
+        state.submit_keys(&account(), &service("S1"), false, keys(&["a"]), now);
+        state.set_behind(true);
+        assert_eq!(
+            state.next_ready(&queue(false), now + LINGER),
+            Next::At(now + long)
+        );
+        state.set_behind(false);
+        assert!(matches!(
+            state.next_ready(&queue(false), now + LINGER),
+            Next::Ready(_)
+        ));
+    }
+
+    #[test]
     fn missing_purge_id_counts_as_failed() {
         let now = Instant::now();
         let mut state = TestState::new(256, LINGER);
@@ -842,5 +924,88 @@ mod tests {
             panic!()
         };
         assert_eq!(result.failed, ["b"]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// One step of a random run: a job submitting keys, or the dispatcher draining.
+        #[derive(Debug, Clone)]
+        enum Step {
+            Submit {
+                service: u8,
+                soft: bool,
+                keys: Vec<u8>,
+            },
+            Drain,
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                4 => (0u8..3, any::<bool>(), prop::collection::vec(0u8..40, 1..12))
+                    .prop_map(|(service, soft, keys)| Step::Submit { service, soft, keys }),
+                1 => Just(Step::Drain),
+            ]
+        }
+
+        proptest! {
+            /// Whatever jobs arrive, a request never carries more than `max_keys` keys or a key
+            /// twice, never mixes services or soft and hard, and every job gets a purge id for
+            /// each of its keys.
+            #[test]
+            fn batches_respect_limits_and_answer_every_job(steps in prop::collection::vec(step(), 1..60), max_keys in 1usize..8) {
+                let now = Instant::now();
+                let mut state = TestState::new(max_keys, LINGER);
+                let mut jobs = Vec::new();
+                let queue = queue(false);
+                let drain = |state: &mut TestState| -> Result<(), TestCaseError> {
+                    while let Next::Ready(id) = state.next_ready(&queue, now + LINGER) {
+                        let sealed = state.seal(id);
+                        prop_assert!(sealed.keys.len() <= max_keys);
+                        let mut distinct = sealed.keys.clone();
+                        distinct.sort();
+                        distinct.dedup();
+                        prop_assert_eq!(distinct.len(), sealed.keys.len());
+                        let ids = sealed
+                            .keys
+                            .iter()
+                            .map(|key| (key.clone(), format!("{}:{key}:{}", sealed.service, matches!(sealed.kind, BatchKind::Keys { soft: true }))))
+                            .collect();
+                        state.complete_keys(sealed.id, Ok(ids), 1);
+                    }
+                    Ok(())
+                };
+                for step in steps {
+                    match step {
+                        Step::Submit { service: index, soft, keys: names } => {
+                            let mut names: Vec<String> = names.iter().map(|k| format!("k{k}")).collect();
+                            names.sort();
+                            names.dedup();
+                            let service_id = service(&format!("S{index}"));
+                            let (_, receiver, _) = state.submit_keys(&account(), &service_id, soft, names.clone(), now);
+                            jobs.push((service_id, soft, names, receiver));
+                        }
+                        Step::Drain => drain(&mut state)?,
+                    }
+                }
+                drain(&mut state)?;
+                for (service_id, soft, names, mut receiver) in jobs {
+                    let Ok(Resolution::Keys(result)) = receiver.try_recv() else {
+                        return Err(TestCaseError::fail("a job was not resolved"));
+                    };
+                    prop_assert!(result.failed.is_empty());
+                    prop_assert_eq!(result.purge_ids.len(), names.len());
+                    for name in &names {
+                        // The id names the batch's service and softness: the key went out in a
+                        // request of the job's own group.
+                        prop_assert_eq!(&result.purge_ids[name], &format!("{service_id}:{name}:{soft}"));
+                    }
+                }
+                prop_assert_eq!(state.waiting_jobs(), 0);
+                prop_assert_eq!(state.batches(), 0);
+            }
+        }
     }
 }

@@ -59,6 +59,46 @@ pub async fn queue_status(
     Ok(statuses)
 }
 
+/// Watches how many messages wait in a queue, with a passive declare on a channel of its own.
+pub struct DepthProbe {
+    channel: Channel,
+    queue: String,
+}
+
+impl DepthProbe {
+    pub async fn open(connection: &Connection, queue: &str) -> Result<DepthProbe, BrokerError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::amqp("opening the queue depth channel"))?;
+        Ok(DepthProbe {
+            channel,
+            queue: queue.to_owned(),
+        })
+    }
+
+    /// Closes the probe's channel.
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "worker stopping".into()).await;
+    }
+
+    /// Returns the number of messages ready for delivery in the queue.
+    pub async fn ready(&self) -> Result<u32, BrokerError> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .map(|queue| queue.message_count())
+            .map_err(BrokerError::amqp(format!(
+                "reading the depth of {:?}",
+                self.queue
+            )))
+    }
+}
+
 /// A producer of single jobs, with an optional private queue for their results.
 pub struct JobProducer {
     channel: Channel,

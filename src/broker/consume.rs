@@ -16,6 +16,8 @@ use crate::job::MessageMeta;
 pub struct JobConsumer {
     channel: Channel,
     consumer: Consumer,
+    /// Prefix of the delay queues, to recognize jobs that come back from one.
+    retry_prefix: String,
 }
 
 impl JobConsumer {
@@ -47,7 +49,11 @@ impl JobConsumer {
                 "consuming queue {:?}",
                 settings.jobs_queue
             )))?;
-        Ok(JobConsumer { channel, consumer })
+        Ok(JobConsumer {
+            channel,
+            consumer,
+            retry_prefix: format!("{}.", settings.retry_queue),
+        })
     }
 
     /// Returns the next delivery; `None` when the consumer was cancelled or its channel closed.
@@ -55,7 +61,7 @@ impl JobConsumer {
         let delivery = self.consumer.next().await?;
         Some(
             delivery
-                .map(Incoming::new)
+                .map(|delivery| Incoming::new(delivery, &self.retry_prefix))
                 .map_err(BrokerError::amqp("receiving a delivery")),
         )
     }
@@ -92,8 +98,16 @@ pub struct RetryCounts {
 }
 
 impl RetryCounts {
-    /// Reads the counters; a header of an unexpected type counts as absent.
-    pub fn from_headers(headers: Option<&FieldTable>) -> RetryCounts {
+    /// Reads the counters of a job back from a delay queue; a header of an unexpected type
+    /// counts as absent.
+    ///
+    /// The counters are trusted only when RabbitMQ's `x-death` header shows that the message
+    /// expired in one of the worker's delay queues (`retry_prefix` then a level), so a
+    /// producer's own headers, or a dead letter replayed as it is, start from zero.
+    pub fn from_headers(headers: Option<&FieldTable>, retry_prefix: &str) -> RetryCounts {
+        if !headers.is_some_and(|table| expired_in_delay_queue(table, retry_prefix)) {
+            return RetryCounts::default();
+        }
         let read = |name: &str| {
             headers
                 .and_then(|table| table.inner().get(name))
@@ -106,6 +120,23 @@ impl RetryCounts {
             requests: read(REQUEST_ATTEMPTS_HEADER),
         }
     }
+}
+
+/// Returns whether the `x-death` header names a queue that starts with `retry_prefix`.
+fn expired_in_delay_queue(headers: &FieldTable, retry_prefix: &str) -> bool {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return false;
+    };
+    deaths.as_slice().iter().any(|death| match death {
+        AMQPValue::FieldTable(death) => match death.inner().get("queue") {
+            Some(AMQPValue::LongString(queue)) => {
+                queue.as_bytes().starts_with(retry_prefix.as_bytes())
+            }
+            Some(AMQPValue::ShortString(queue)) => queue.as_str().starts_with(retry_prefix),
+            _ => false,
+        },
+        _ => false,
+    })
 }
 
 /// Reads a non-negative integer header value of any AMQP integer type.
@@ -142,7 +173,7 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    fn new(delivery: lapin::message::Delivery) -> Incoming {
+    fn new(delivery: lapin::message::Delivery, retry_prefix: &str) -> Incoming {
         let properties = delivery.properties;
         let text = |value: Option<&lapin::types::ShortString>| {
             value
@@ -159,7 +190,7 @@ impl Incoming {
             correlation_id: text(properties.correlation_id().as_ref()),
             redelivered: delivery.redelivered,
             delivery_tag: delivery.delivery_tag,
-            retries: RetryCounts::from_headers(properties.headers().as_ref()),
+            retries: RetryCounts::from_headers(properties.headers().as_ref(), retry_prefix),
             exchange: delivery.exchange.as_str().to_owned(),
             routing_key: delivery.routing_key.as_str().to_owned(),
             body: delivery.data,
@@ -210,5 +241,63 @@ impl Incoming {
                 "requeueing delivery {}",
                 self.delivery_tag
             )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{FieldArray, LongString};
+
+    use super::*;
+
+    fn headers(death_queue: Option<&str>) -> FieldTable {
+        let mut headers = FieldTable::default();
+        headers.insert(RETRY_COUNT_HEADER.into(), AMQPValue::LongLongInt(2));
+        headers.insert(ATTEMPT_COUNT_HEADER.into(), AMQPValue::ShortShortUInt(1));
+        headers.insert(
+            REQUEST_ATTEMPTS_HEADER.into(),
+            AMQPValue::LongString("7".into()),
+        );
+        if let Some(queue) = death_queue {
+            let mut death = FieldTable::default();
+            death.insert(
+                "queue".into(),
+                AMQPValue::LongString(LongString::from(queue.as_bytes().to_vec())),
+            );
+            headers.insert(
+                "x-death".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn counters_read_after_delay_queue() {
+        let counts = RetryCounts::from_headers(
+            Some(&headers(Some("fastly.jobs.retry.2"))),
+            "fastly.jobs.retry.",
+        );
+        assert_eq!(counts.retries, 2);
+        assert_eq!(counts.failed_attempts, 1);
+        assert_eq!(counts.requests, 0, "a string is not a count");
+    }
+
+    #[test]
+    fn counters_of_producers_ignored() {
+        let prefix = "fastly.jobs.retry.";
+        assert_eq!(
+            RetryCounts::from_headers(Some(&headers(None)), prefix),
+            RetryCounts::default()
+        );
+        let elsewhere = headers(Some("fastly.jobs"));
+        assert_eq!(
+            RetryCounts::from_headers(Some(&elsewhere), prefix),
+            RetryCounts::default()
+        );
+        assert_eq!(
+            RetryCounts::from_headers(None, prefix),
+            RetryCounts::default()
+        );
     }
 }

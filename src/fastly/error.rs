@@ -103,7 +103,7 @@ impl FastlyError {
             FastlyError::Timeout(_) => ErrorCode::FastlyTimeout,
             FastlyError::Connect(_) | FastlyError::Transport(_) => ErrorCode::FastlyConnection,
             FastlyError::InvalidReply(_) => ErrorCode::FastlyInvalidReply,
-            FastlyError::InvalidRequest(_) => ErrorCode::InvalidField,
+            FastlyError::InvalidRequest(_) => ErrorCode::InternalError,
         }
     }
 

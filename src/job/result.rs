@@ -48,8 +48,8 @@ pub struct JobResult {
     pub status: Status,
     /// Null when the message was not a job.
     pub account: Option<String>,
-    /// Attempts of the job's Fastly requests: 0 when none was made, else the highest number of
-    /// tries any one request needed.
+    /// Tries of the job's most-tried Fastly request, added up over the job's deliveries; 0 when
+    /// no request was made.
     pub attempts: u32,
     /// True when RabbitMQ delivered this job before, for example to a worker that stopped.
     pub redelivered: bool,

@@ -30,39 +30,39 @@ pub struct Executor {
 
 impl Executor {
     /// Runs a job's requests. Work not done by `deadline` ends as [`Outcome::RetryLater`].
+    ///
+    /// Each branch is boxed: thousands of deliveries wait here at once under a backlog, and an
+    /// unboxed future would reserve the size of the largest branch (URL purges, service pages)
+    /// for every one of them.
     pub async fn execute(&self, account: &Account, kind: &JobKind, deadline: Instant) -> Outcome {
         match kind {
             JobKind::PurgeKeys {
                 service_id,
                 keys,
                 soft,
-            } => {
-                self.purge_keys(account, service_id, keys, *soft, deadline)
-                    .await
-            }
+            } => Box::pin(self.purge_keys(account, service_id, keys, *soft, deadline)).await,
             JobKind::PurgeUrls { urls, soft } => {
-                self.purge_urls(account, urls, *soft, deadline).await
+                Box::pin(self.purge_urls(account, urls, *soft, deadline)).await
             }
-            JobKind::PurgeAll { service_id } => self.purge_all(account, service_id, deadline).await,
+            JobKind::PurgeAll { service_id } => {
+                Box::pin(self.purge_all(account, service_id, deadline)).await
+            }
             JobKind::ListServices { page, per_page } => {
-                self.list_services(account, *page, *per_page, deadline)
-                    .await
+                Box::pin(self.list_services(account, *page, *per_page, deadline)).await
             }
             JobKind::GetService { service_id } => {
-                let called = self
-                    .read(account, "service details", deadline, || {
-                        self.gateway.client().service_details(account, service_id)
-                    })
-                    .await;
+                let called = Box::pin(self.read(account, "service details", deadline, || {
+                    self.gateway.client().service_details(account, service_id)
+                }))
+                .await;
                 Outcome::from_called(called, |value| value)
             }
-            JobKind::GetAccount => self.get_account(account, deadline).await,
+            JobKind::GetAccount => Box::pin(self.get_account(account, deadline)).await,
             JobKind::GetToken => {
-                let called = self
-                    .read(account, "tokens/self", deadline, || {
-                        self.gateway.client().token_self(account)
-                    })
-                    .await;
+                let called = Box::pin(self.read(account, "tokens/self", deadline, || {
+                    self.gateway.client().token_self(account)
+                }))
+                .await;
                 Outcome::from_called(called, |value| value)
             }
         }
@@ -98,7 +98,11 @@ impl Executor {
             .gateway
             .paused_past(account.name(), BudgetClass::Purge, deadline)
         {
-            return Outcome::RetryLater { error, attempts: 0 };
+            return Outcome::RetryLater {
+                error,
+                attempts: 0,
+                output: None,
+            };
         }
         let account_name: Arc<str> = Arc::from(account.name());
         let resolved = self
@@ -109,6 +113,7 @@ impl Executor {
             return Outcome::RetryLater {
                 error: CallError::OutOfTime,
                 attempts: 0,
+                output: None,
             };
         };
         let KeysResult {
@@ -150,7 +155,11 @@ impl Executor {
             .gateway
             .paused_past(account.name(), BudgetClass::Write, deadline)
         {
-            return Outcome::RetryLater { error, attempts: 0 };
+            return Outcome::RetryLater {
+                error,
+                attempts: 0,
+                output: None,
+            };
         }
         let account_name: Arc<str> = Arc::from(account.name());
         let Some((result, attempts)) = self
@@ -161,6 +170,7 @@ impl Executor {
             return Outcome::RetryLater {
                 error: CallError::OutOfTime,
                 attempts: 0,
+                output: None,
             };
         };
         match result {
@@ -257,7 +267,7 @@ impl Executor {
                     self.gateway.client().list_services_page(account, &path)
                 })
                 .await;
-            attempts += called.attempts;
+            attempts = attempts.max(called.attempts);
             let page_of_services = match called.result {
                 Ok(page) => page,
                 Err(error) => return Outcome::failed_or_retry(error, attempts, None),
@@ -307,7 +317,7 @@ impl Executor {
                 self.gateway.client().customer(account, customer_id)
             })
             .await;
-        attempts += customer.attempts;
+        attempts = attempts.max(customer.attempts);
         match customer.result {
             Ok(customer) => Outcome::Succeeded {
                 output: json!({ "user": user, "customer": customer }),

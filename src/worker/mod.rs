@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::batch::Batcher;
-use crate::broker::{self, JobConsumer, Publisher};
+use crate::broker::{self, DepthProbe, JobConsumer, Publisher};
 use crate::config::Config;
 use crate::fastly::FastlyClient;
 use crate::gateway::Gateway;
@@ -71,10 +71,13 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         config.accounts.values().cloned(),
         settings.redelivery.delivery_budget(),
     ));
-    let batcher = Arc::new(Batcher::new(
+    let prefetch = settings.prefetch();
+    let batcher = Arc::new(Batcher::with_backlog_linger(
         Arc::clone(&gateway),
         settings.batch.max_keys,
         settings.batch.linger(),
+        settings.batch.backlog_linger(),
+        usize::from(prefetch),
     ));
 
     let connection = broker::connect(&settings.broker).await?;
@@ -94,7 +97,6 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         settings.broker.connection_name,
         uuid::Uuid::new_v4()
     );
-    let prefetch = settings.prefetch();
     let consumer =
         JobConsumer::start(&connection, &settings.broker, prefetch, &consumer_tag).await?;
     tracing::info!(
@@ -118,10 +120,18 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         publisher,
         broken,
     });
+    let probe = Arc::new(DepthProbe::open(&connection, &settings.broker.jobs_queue).await?);
+    let watcher = tokio::spawn(watch_backlog(
+        Arc::clone(&probe),
+        Arc::clone(&pipeline.executor.batcher),
+        settings.batch.max_keys,
+    ));
     let (stop, stopped) = watch::channel(false);
     let shutdown_timeout = settings.worker.shutdown_timeout();
     let task = tokio::spawn(async move {
         let result = consume(consumer, pipeline, stopped, broken_seen, shutdown_timeout).await;
+        watcher.abort();
+        probe.close().await;
         let _ = connection.close(200, "worker stopped".into()).await;
         result
     });
@@ -188,6 +198,32 @@ async fn consume(
     consumer.close().await;
     pipeline.publisher.close().await;
     ended
+}
+
+/// How often the worker looks at the depth of the jobs queue.
+const BACKLOG_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Tells the batcher when the worker is behind: when at least a full batch of jobs waits in the
+/// queue, unconsumed. Batches then wait up to the backlog linger and go out full.
+async fn watch_backlog(
+    probe: Arc<DepthProbe>,
+    batcher: Arc<Batcher<Arc<Gateway>>>,
+    full_batch: usize,
+) {
+    let mut interval = tokio::time::interval(BACKLOG_PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match probe.ready().await {
+            Ok(ready) => batcher.set_behind(ready as usize >= full_batch),
+            Err(err) => {
+                // Without a depth the worker keeps the short linger; nothing else depends on it.
+                tracing::debug!(error = %err, "cannot read the jobs queue depth");
+                batcher.set_behind(false);
+                return;
+            }
+        }
+    }
 }
 
 /// Resolves once the flag is true. A flag whose sender is gone never resolves, so dropping a

@@ -28,6 +28,8 @@ pub enum Outcome {
     RetryLater {
         error: CallError,
         attempts: u32,
+        /// What was done, kept for the failed result if no attempt is left.
+        output: Option<Value>,
     },
 }
 
@@ -47,7 +49,11 @@ impl Outcome {
     /// only place that makes this choice for a job.
     pub fn failed_or_retry(error: CallError, attempts: u32, output: Option<Value>) -> Outcome {
         if error.is_transient() {
-            Outcome::RetryLater { error, attempts }
+            Outcome::RetryLater {
+                error,
+                attempts,
+                output,
+            }
         } else {
             Outcome::Failed {
                 error,
@@ -105,10 +111,14 @@ impl Outcome {
     /// Turns a job that may not be retried any more into a failure.
     pub fn final_attempt(self) -> Outcome {
         match self {
-            Outcome::RetryLater { error, attempts } => Outcome::Failed {
+            Outcome::RetryLater {
                 error,
                 attempts,
-                output: None,
+                output,
+            } => Outcome::Failed {
+                error,
+                attempts,
+                output,
             },
             other => other,
         }

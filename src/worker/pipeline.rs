@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tracing::{Instrument, field};
 
 use super::accounts::AccountRegistry;
@@ -35,8 +35,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Takes one delivery through every stage. It always ends settled: acked after its result
-    /// was confirmed, or given back to the queue when the broker could not take the result.
+    /// Takes one delivery through every stage. It ends acked after what it published was
+    /// confirmed, or rejected to the dead-letter queue when the broker did not take it.
     pub async fn process(&self, incoming: Incoming) {
         let span = tracing::info_span!(
             "job",
@@ -51,23 +51,32 @@ impl Pipeline {
         async {
             let started = Instant::now();
             let received_at = Utc::now();
+            let mut facts = JobFacts {
+                job_id: incoming.meta.message_id.clone(),
+                job_type: None,
+                account: None,
+                redelivered: incoming.redelivered,
+                received_at,
+                earlier_attempts: incoming.retries.requests,
+            };
             // A panic in a stage must still end in a result and a settled delivery.
-            let stages = AssertUnwindSafe(self.run(&incoming, received_at, started));
-            let (facts, outcome) = match stages.catch_unwind().await {
-                Ok(ran) => ran,
-                Err(panic) => self.panicked(&incoming, received_at, panic.as_ref()),
+            let stages = AssertUnwindSafe(self.run(&incoming, &mut facts, started));
+            let outcome = match stages.catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => panicked(panic.as_ref()),
             };
             let (outcome, retry) = self.plan_retry(&incoming, outcome);
             log_outcome(&outcome, started);
             let result = job_result(&facts, &outcome);
-            let settled = settle(
+            // Boxed, like the execute stage, to keep each waiting delivery's future small.
+            let settled = Box::pin(settle(
                 &self.publisher,
                 &incoming,
                 &facts,
                 &outcome,
                 &result,
                 retry.as_ref(),
-            )
+            ))
             .await;
             if settled == Settled::NotAcked && !self.publisher.is_open() {
                 self.broken.send_replace(true);
@@ -77,29 +86,15 @@ impl Pipeline {
         .await
     }
 
-    /// Runs the job stages and returns what the result needs.
-    async fn run(
-        &self,
-        incoming: &Incoming,
-        received_at: DateTime<Utc>,
-        started: Instant,
-    ) -> (JobFacts, Outcome) {
-        let mut facts = JobFacts {
-            job_id: incoming.meta.message_id.clone(),
-            job_type: None,
-            account: None,
-            redelivered: incoming.redelivered,
-            received_at,
-            earlier_attempts: incoming.retries.requests,
-        };
-
+    /// Runs the job stages, filling in `facts` as they learn about the job.
+    async fn run(&self, incoming: &Incoming, facts: &mut JobFacts, started: Instant) -> Outcome {
         let envelope = match decode(
             &incoming.body,
             &incoming.meta,
             self.limits.max_message_bytes,
         ) {
             Ok(envelope) => envelope,
-            Err(rejection) => return (facts, Outcome::Rejected(rejection)),
+            Err(rejection) => return Outcome::Rejected(rejection),
         };
         facts.job_id = Some(envelope.job_id.clone());
         facts.job_type = envelope.job_type.clone();
@@ -113,7 +108,7 @@ impl Pipeline {
 
         let job: Job = match validate(&envelope, &self.limits) {
             Ok(job) => job,
-            Err(rejection) => return (facts, Outcome::Rejected(rejection)),
+            Err(rejection) => return Outcome::Rejected(rejection),
         };
         if let Some(service_id) = job.kind.service_id() {
             span.record("service_id", service_id.as_str());
@@ -121,47 +116,16 @@ impl Pipeline {
 
         let entry = match self.accounts.authorize(&job) {
             Ok(entry) => entry,
-            Err(rejection) => return (facts, Outcome::Rejected(rejection)),
+            Err(rejection) => return Outcome::Rejected(rejection),
         };
         let budget = self
             .redelivery
             .delivery_budget()
             .saturating_sub(self.settle_reserve);
         let deadline = tokio::time::Instant::from_std(started) + budget;
-        let outcome = self
-            .executor
+        self.executor
             .execute(&entry.account, &job.kind, deadline)
-            .await;
-        (facts, outcome)
-    }
-
-    /// Builds the facts and outcome of a job whose stages panicked.
-    fn panicked(
-        &self,
-        incoming: &Incoming,
-        received_at: DateTime<Utc>,
-        panic: &(dyn std::any::Any + Send),
-    ) -> (JobFacts, Outcome) {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|text| text.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a job stage panicked".to_owned());
-        tracing::error!(panic = %message, "a job stage panicked");
-        let facts = JobFacts {
-            job_id: incoming.meta.message_id.clone(),
-            job_type: None,
-            account: None,
-            redelivered: incoming.redelivered,
-            received_at,
-            earlier_attempts: incoming.retries.requests,
-        };
-        let outcome = Outcome::Failed {
-            error: CallError::Internal(message),
-            attempts: 0,
-            output: None,
-        };
-        (facts, outcome)
+            .await
     }
 
     /// Decides where a job to be retried goes, or turns it into a failure when it has no
@@ -193,11 +157,27 @@ impl Pipeline {
     }
 }
 
+/// Builds the outcome of a job whose stages panicked.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a job stage panicked".to_owned());
+    tracing::error!(panic = %message, "a job stage panicked");
+    Outcome::Failed {
+        error: CallError::Internal(message),
+        attempts: 0,
+        output: None,
+    }
+}
+
 fn log_outcome(outcome: &Outcome, started: Instant) {
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match outcome {
         Outcome::Succeeded { attempts, .. } => {
-            tracing::info!(attempts, elapsed_ms, "job succeeded");
+            // Debug, not info: a busy worker finishes thousands of jobs a second.
+            tracing::debug!(attempts, elapsed_ms, "job succeeded");
         }
         Outcome::Failed {
             error, attempts, ..
@@ -214,7 +194,9 @@ fn log_outcome(outcome: &Outcome, started: Instant) {
         Outcome::Rejected(rejection) => {
             tracing::warn!(code = %rejection.code, reason = %rejection.message, "job rejected");
         }
-        Outcome::RetryLater { error, attempts } => {
+        Outcome::RetryLater {
+            error, attempts, ..
+        } => {
             tracing::warn!(attempts, elapsed_ms, code = %error.code(), error = %error, "job not done in this delivery");
         }
     }

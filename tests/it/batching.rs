@@ -47,7 +47,11 @@ async fn concurrent_jobs_share_few_requests() {
     let requests = purges_of(&world, "S1");
     let sent: usize = requests.iter().map(|r| r.surrogate_keys().len()).sum();
     // 301 distinct keys need two requests; publishing 300 jobs may span a few linger windows.
-    assert!(requests.len() <= 6, "{} requests for 301 keys", requests.len());
+    assert!(
+        requests.len() <= 6,
+        "{} requests for 301 keys",
+        requests.len()
+    );
     assert!(requests.iter().all(|r| r.surrogate_keys().len() <= 256));
     assert!(sent >= 301);
     assert_eq!(world.sim.purged_keys("S1").len(), 301);
@@ -72,7 +76,11 @@ async fn shared_key_sent_once_with_one_purge_id() {
         assert_eq!(reply.result.status, Status::Succeeded);
         shared_ids.push(reply.json["output"]["purge_ids"]["shared"].clone());
     }
-    assert!(shared_ids.iter().all(|id| id == &shared_ids[0] && id.is_string()));
+    assert!(
+        shared_ids
+            .iter()
+            .all(|id| id == &shared_ids[0] && id.is_string())
+    );
     let sent: Vec<String> = purges_of(&world, "S1")
         .iter()
         .flat_map(|r| r.surrogate_keys())
@@ -106,8 +114,14 @@ async fn soft_and_hard_never_share_a_request() {
     let soft = world
         .send(json!({"type": "purge_keys", "service_id": "S1", "keys": ["a", "c"], "soft": true}))
         .await;
-    assert_eq!(world.client.reply_for(&hard).await.result.status, Status::Succeeded);
-    assert_eq!(world.client.reply_for(&soft).await.result.status, Status::Succeeded);
+    assert_eq!(
+        world.client.reply_for(&hard).await.result.status,
+        Status::Succeeded
+    );
+    assert_eq!(
+        world.client.reply_for(&soft).await.result.status,
+        Status::Succeeded
+    );
     let requests = purges_of(&world, "S1");
     assert_eq!(requests.len(), 2);
     for request in &requests {
@@ -143,15 +157,24 @@ async fn purge_all_jobs_coalesce_and_cover_keys() {
     }
     let keys = world.client.reply_for(&keys_job).await;
     assert_eq!(keys.result.status, Status::Succeeded, "{}", keys.json);
-    assert_eq!(keys.json["output"]["purged_by_purge_all"], json!(["k1", "k2"]));
+    assert_eq!(
+        keys.json["output"]["purged_by_purge_all"],
+        json!(["k1", "k2"])
+    );
 
     let requests = world.sim.requests();
     let purge_all_requests = requests
         .iter()
         .filter(|r| r.path == "/service/S1/purge_all")
         .count();
-    assert_eq!(purge_all_requests, 1, "four waiting purge_all jobs share one request");
-    assert!(purges_of(&world, "S1").is_empty(), "the purge_all covered the keys");
+    assert_eq!(
+        purge_all_requests, 1,
+        "four waiting purge_all jobs share one request"
+    );
+    assert!(
+        purges_of(&world, "S1").is_empty(),
+        "the purge_all covered the keys"
+    );
     world.finish().await;
 }
 
@@ -170,7 +193,10 @@ async fn rate_limited_writes_leave_purges_flowing() {
         .run(json!({"id": "write", "type": "purge_all", "service_id": "S1"}))
         .await;
     assert_eq!(reply.result.status, Status::Failed, "{}", reply.json);
-    assert_eq!(reply.result.error.as_ref().unwrap().code, ErrorCode::FastlyRateLimited);
+    assert_eq!(
+        reply.result.error.as_ref().unwrap().code,
+        ErrorCode::FastlyRateLimited
+    );
 
     // Key purges use another budget class and still go through.
     let keys = world
@@ -180,7 +206,11 @@ async fn rate_limited_writes_leave_purges_flowing() {
     let another_write = world
         .run(json!({"type": "purge_all", "service_id": "S2"}))
         .await;
-    assert_eq!(another_write.result.status, Status::Failed, "writes stay paused");
+    assert_eq!(
+        another_write.result.status,
+        Status::Failed,
+        "writes stay paused"
+    );
 
     let purge_alls = world
         .sim
@@ -188,10 +218,16 @@ async fn rate_limited_writes_leave_purges_flowing() {
         .into_iter()
         .filter(|r| r.path.ends_with("/purge_all"))
         .count();
-    assert_eq!(purge_alls, 1, "no write is sent while the write budget is paused");
+    assert_eq!(
+        purge_alls, 1,
+        "no write is sent while the write budget is paused"
+    );
     let dead = world.dead_letters(2).await;
     assert_eq!(dead.len(), 2);
-    assert_eq!(header(&dead[0], "x-error-code").as_deref(), Some("fastly_rate_limited"));
+    assert_eq!(
+        header(&dead[0], "x-error-code").as_deref(),
+        Some("fastly_rate_limited")
+    );
     world.finish().await;
 }
 
@@ -222,7 +258,10 @@ async fn transient_failure_goes_through_delay_queue() {
         .run(json!({"type": "purge_keys", "service_id": "S1", "keys": ["retry-me"]}))
         .await;
     assert_eq!(reply.result.status, Status::Succeeded, "{}", reply.json);
-    assert_eq!(reply.result.attempts, 5, "4 failed attempts, then 1 after the delay queue");
+    assert_eq!(
+        reply.result.attempts, 5,
+        "4 failed attempts, then 1 after the delay queue"
+    );
     let statuses: Vec<u16> = purges_of(&world, "S1").iter().map(|r| r.status).collect();
     assert_eq!(statuses, [503, 503, 503, 503, 200]);
     world.finish().await;

@@ -162,6 +162,14 @@ impl<D: Dispatch> Batcher<D> {
         }
     }
 
+    /// Sends every open batch at once and keeps doing so, for a shutdown.
+    pub fn set_flushing(&self, flushing: bool) {
+        self.shared.state.lock().unwrap().set_flushing(flushing);
+        for notify in self.shared.wakers.lock().unwrap().values() {
+            notify.notify_one();
+        }
+    }
+
     /// Returns the number of jobs waiting for a batch.
     pub fn waiting_jobs(&self) -> usize {
         self.shared.state.lock().unwrap().waiting_jobs()

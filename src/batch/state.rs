@@ -131,6 +131,8 @@ pub struct State<E> {
     backlog_linger: Duration,
     /// Whether the worker is behind: jobs wait in the queue, unconsumed.
     behind: bool,
+    /// Set at shutdown: every batch is ready at once.
+    flushing: bool,
     /// Jobs that can wait here at once (the prefetch). When nearly that many wait, no new job
     /// can arrive to fill a batch, so waiting longer would only stall the worker.
     max_waiting: usize,
@@ -163,6 +165,7 @@ impl<E: Clone> State<E> {
             linger,
             backlog_linger: backlog_linger.max(linger),
             behind: false,
+            flushing: false,
             max_waiting: max_waiting.max(1),
             next_id: 1,
             batches: HashMap::new(),
@@ -310,7 +313,7 @@ impl<E: Clone> State<E> {
         };
         // Nine tenths of the window: deliveries being settled also hold a place in it.
         let window_full = self.jobs.len() >= self.max_waiting - self.max_waiting / 10;
-        let linger = if window_full {
+        let linger = if window_full || self.flushing {
             Duration::ZERO
         } else if self.behind {
             self.backlog_linger
@@ -502,6 +505,11 @@ impl<E: Clone> State<E> {
             // The receiver is gone when the job stopped waiting.
             let _ = pending.reply.send(pending.resolution);
         }
+    }
+
+    /// Makes every batch ready at once, for a shutdown that must not wait for lingering keys.
+    pub fn set_flushing(&mut self, flushing: bool) {
+        self.flushing = flushing;
     }
 
     /// Records whether the worker is behind, which switches to the backlog linger.

@@ -74,6 +74,21 @@ impl JobConsumer {
             .map_err(BrokerError::amqp("cancelling the consumer"))
     }
 
+    /// Gives every unacked delivery of this channel back to the queue (nack of all outstanding
+    /// deliveries with requeue), for a shutdown that leaves work for other workers.
+    pub async fn requeue_unacked(&self) -> Result<(), BrokerError> {
+        self.channel
+            .basic_nack(
+                0,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await
+            .map_err(BrokerError::amqp("requeueing unacked deliveries"))
+    }
+
     pub async fn close(&self) {
         let _ = self.channel.close(200, "worker stopping".into()).await;
     }

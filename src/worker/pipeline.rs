@@ -29,15 +29,22 @@ pub struct Pipeline {
     pub settle_reserve: std::time::Duration,
     pub accounts: AccountRegistry,
     pub executor: Executor,
+    /// Jobs waiting in the queue from which the worker counts as behind: a full batch.
+    pub backlog_threshold: usize,
+}
+
+/// What a delivery needs of the broker session it came from. A new session after a reconnect
+/// has its own, so a delivery is never settled through a channel other than its own.
+pub struct SessionLink {
     pub publisher: Publisher,
-    /// Set when the publisher's channel is closed, which ends the consume loop.
+    /// Set when the publisher's channel is closed, which ends the session.
     pub broken: tokio::sync::watch::Sender<bool>,
 }
 
 impl Pipeline {
     /// Takes one delivery through every stage. It ends acked after what it published was
     /// confirmed, or rejected to the dead-letter queue when the broker did not take it.
-    pub async fn process(&self, incoming: Incoming) {
+    pub async fn process(&self, incoming: Incoming, session: &SessionLink) {
         let span = tracing::info_span!(
             "job",
             job_id = field::Empty,
@@ -70,7 +77,7 @@ impl Pipeline {
             let result = job_result(&facts, &outcome);
             // Boxed, like the execute stage, to keep each waiting delivery's future small.
             let settled = Box::pin(settle(
-                &self.publisher,
+                &session.publisher,
                 &incoming,
                 &facts,
                 &outcome,
@@ -78,8 +85,8 @@ impl Pipeline {
                 retry.as_ref(),
             ))
             .await;
-            if settled == Settled::NotAcked && !self.publisher.is_open() {
-                self.broken.send_replace(true);
+            if settled == Settled::NotAcked && !session.publisher.is_open() {
+                session.broken.send_replace(true);
             }
         }
         .instrument(span)

@@ -9,6 +9,7 @@ mod jobs;
 mod malformed;
 mod process;
 mod secrets;
+mod shutdown;
 mod topology;
 mod validation;
 mod world;

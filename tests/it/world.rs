@@ -154,11 +154,12 @@ impl WorldBuilder {
             api_url,
             accounts,
         };
-        let worker = worker::start(config).await.unwrap();
+        let worker = worker::start(config.clone()).await.unwrap();
         let client = Client::connect(&self.settings).await;
         World {
             sim,
             settings: self.settings,
+            config,
             worker: Some(worker),
             client,
             finished: false,
@@ -170,6 +171,8 @@ impl WorldBuilder {
 pub struct World {
     pub sim: Simulator,
     pub settings: Settings,
+    /// The worker's configuration, to start another worker on the same queues.
+    pub config: Config,
     pub worker: Option<WorkerHandle>,
     pub client: Client,
     /// False until [`World::finish`] ran; a world dropped before, by a failing test, still
@@ -213,6 +216,12 @@ impl World {
         self.client
             .get_messages(&self.settings.broker.results_queue, count)
             .await
+    }
+
+    /// Starts a worker again on the same queues and simulator, after [`World::stop_and_count`].
+    pub async fn restart_worker(&mut self) {
+        assert!(self.worker.is_none(), "stop the running worker first");
+        self.worker = Some(worker::start(self.config.clone()).await.unwrap());
     }
 
     /// Stops the worker, so every delivery is settled, and counts the messages left in the

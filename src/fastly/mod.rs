@@ -482,4 +482,30 @@ pub(crate) mod tests {
         );
         assert_eq!(service_list_path(None, Some(100)), "/service?per_page=100");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Every URL the job validation accepts becomes a request for exactly its own URL
+            /// purge path: nothing in it can lead the request to another endpoint.
+            #[test]
+            fn accepted_purge_urls_stay_under_purge(
+                text in "https?://[a-zA-Z0-9.%-]{1,16}(:[0-9]{1,4})?(/[!-~]{0,10}){0,4}(\\?[!-~]{0,10})?"
+            ) {
+                let Ok(url) = PurgeUrl::parse(&text) else {
+                    return Ok(());
+                };
+                let client = client("https://api.fastly.com");
+                let path = format!("/purge/{}{}", url.host, url.path_and_query);
+                let request = client.url(&path);
+                prop_assert!(request.is_ok(), "{text} -> {path}: {request:?}");
+                let request = request.unwrap();
+                let expected_prefix = format!("/purge/{}/", url.host);
+                prop_assert!(request.path().starts_with(&expected_prefix), "{text} -> {request}");
+            }
+        }
+    }
 }

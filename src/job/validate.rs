@@ -632,4 +632,119 @@ mod tests {
         assert_eq!(job.id, "abc");
         assert_eq!(job.account, "shop");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value};
+
+        use super::*;
+
+        /// JSON values that look like jobs: a type from the contract or not, and fields of
+        /// every kind, including strings with control characters and non-ASCII.
+        fn job_value() -> impl Strategy<Value = Value> {
+            let text = prop_oneof![
+                "[ -~]{0,20}",
+                "\\PC{0,12}",
+                Just("a\r\nb".to_owned()),
+                Just("http://../x".to_owned()),
+                Just("https://example.com/a b".to_owned()),
+            ];
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                text.clone().prop_map(Value::from),
+            ];
+            let field = leaf.prop_recursive(2, 16, 6, |inner| {
+                prop::collection::vec(inner, 0..6).prop_map(Value::from)
+            });
+            let job_type = prop_oneof![
+                Just("purge_keys"),
+                Just("purge_urls"),
+                Just("purge_all"),
+                Just("list_services"),
+                Just("get_service"),
+                Just("get_account"),
+                Just("get_token"),
+                Just("flush"),
+            ];
+            let names = prop_oneof![
+                Just("service_id"),
+                Just("keys"),
+                Just("urls"),
+                Just("soft"),
+                Just("page"),
+                Just("per_page"),
+                Just("id"),
+                Just("account"),
+            ];
+            (job_type, prop::collection::vec((names, field), 0..8)).prop_map(
+                |(job_type, fields)| {
+                    let mut map = Map::new();
+                    map.insert("type".to_owned(), Value::from(job_type));
+                    for (name, value) in fields {
+                        map.insert(name.to_owned(), value);
+                    }
+                    Value::Object(map)
+                },
+            )
+        }
+
+        proptest! {
+            /// Decoding any bytes ends in an envelope or a rejection, never a panic.
+            #[test]
+            fn decode_never_panics(body in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = decode(&body, &MessageMeta::default(), 1024);
+            }
+
+            /// Whatever a job contains, validation either rejects it or returns a job whose
+            /// every field keeps the contract's rules.
+            #[test]
+            fn accepted_jobs_keep_the_rules(value in job_value()) {
+                let body = serde_json::to_vec(&value).unwrap();
+                let Ok(envelope) = decode(&body, &MessageMeta::default(), usize::MAX) else {
+                    return Ok(());
+                };
+                let Ok(job) = validate(&envelope, &limits()) else {
+                    return Ok(());
+                };
+                if let Some(service_id) = job.kind.service_id() {
+                    prop_assert!(service_id.as_str().bytes().all(|b| b.is_ascii_alphanumeric()));
+                }
+                match &job.kind {
+                    JobKind::PurgeKeys { keys, .. } => {
+                        prop_assert!(!keys.is_empty() && keys.len() <= limits().max_keys);
+                        for key in keys {
+                            prop_assert!((1..=MAX_KEY_BYTES).contains(&key.len()));
+                            prop_assert!(key.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                        }
+                        let mut unique = keys.clone();
+                        unique.sort();
+                        unique.dedup();
+                        prop_assert_eq!(unique.len(), keys.len());
+                    }
+                    JobKind::PurgeUrls { urls, .. } => {
+                        prop_assert!(!urls.is_empty() && urls.len() <= limits().max_urls);
+                        for url in urls {
+                            prop_assert!(url.path_and_query.starts_with('/'));
+                            prop_assert!(!url.host.is_empty());
+                            prop_assert!(!url.path_and_query.chars().any(|c| c.is_control() || c.is_whitespace()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+
+            /// Any string parses as a purge URL or is rejected; an accepted one never has a
+            /// host of dots or an empty label.
+            #[test]
+            fn purge_url_hosts_are_real(text in "(https?://)?[a-z.%2e]{0,12}(:[0-9]{1,5})?(/[ -~]{0,12}){0,3}") {
+                if let Ok(url) = PurgeUrl::parse(&text) {
+                    let host = url.host.split(':').next().unwrap_or_default();
+                    prop_assert!(!host.is_empty());
+                    prop_assert!(host.split('.').all(|label| !label.is_empty()));
+                }
+            }
+        }
+    }
 }

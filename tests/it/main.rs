@@ -5,6 +5,7 @@
 mod batching;
 mod cli;
 mod failures;
+mod hostile;
 mod jobs;
 mod malformed;
 mod process;

@@ -128,15 +128,16 @@ impl Gateway {
             })
     }
 
-    /// Returns the error to give up with at once when the account's class is paused past
-    /// `deadline`, so a job does not wait for a budget it cannot get in time.
-    pub fn paused_past(
+    /// Returns the error to give up with at once when the account's class admits no request
+    /// before `deadline` (a pause, or the spacing of the remaining budget), so a job does not
+    /// wait for a budget it cannot get in time.
+    pub fn unavailable_past(
         &self,
         account: &str,
         class: BudgetClass,
         deadline: Instant,
     ) -> Option<CallError> {
-        let until = self.limits.account(account)?.paused_until(class)?;
+        let until = self.limits.account(account)?.ready_at(class)?;
         (until > deadline).then(|| CallError::OverBudget {
             account: account.to_owned(),
             over: OverBudget {
@@ -192,7 +193,14 @@ impl Gateway {
                 },
             };
             attempts += 1;
-            let reply = request().await;
+            // A request still running at the deadline is cut off: the delivery must settle.
+            let Ok(reply) = tokio::time::timeout_at(deadline, request()).await else {
+                drop(permit);
+                return Called {
+                    result: Err(CallError::OutOfTime),
+                    attempts,
+                };
+            };
             limits.observe(class, reply.as_ref().map(|reply| &reply.rate_limit));
             drop(permit);
 
@@ -263,6 +271,10 @@ impl Dispatch for Arc<Gateway> {
                 .await
                 .ok()
         })
+    }
+
+    fn internal_error(message: String) -> CallError {
+        CallError::Internal(message)
     }
 
     fn send(
@@ -492,9 +504,24 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let called: Called<()> = gateway
             .call(&account, BudgetClass::Read, "test", soon, None, || async {
+                panic!("no request after the deadline")
+            })
+            .await;
+        assert_eq!(called.attempts, 0);
+        assert!(matches!(called.result, Err(CallError::OverBudget { .. })));
+    }
+
+    #[tokio::test]
+    async fn request_cut_off_at_deadline() {
+        let (gateway, account) = gateway();
+        let soon = Instant::now() + Duration::from_millis(30);
+        let called: Called<()> = gateway
+            .call(&account, BudgetClass::Read, "test", soon, None, || async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 Err(status(503, None))
             })
             .await;
-        assert!(called.attempts <= 1);
+        assert_eq!(called.attempts, 1);
+        assert!(matches!(called.result, Err(CallError::OutOfTime)));
     }
 }

@@ -114,12 +114,16 @@ struct Batch {
     opened_at: Instant,
     /// Sealed as riders of this purge_all batch.
     riders: Vec<BatchId>,
+    /// Taken by a dispatcher (or by a purge_all as a rider): its keys can no longer change.
+    sealed: bool,
 }
 
 struct PendingJob<E> {
     remaining: usize,
     resolution: Resolution<E>,
     reply: oneshot::Sender<Resolution<E>>,
+    /// Where the job waits: each batch with the key it waits on (empty for a purge_all).
+    places: Vec<(BatchId, String)>,
 }
 
 /// Every unsealed and in-flight batch, and every job waiting on one.
@@ -195,14 +199,8 @@ impl<E: Clone> State<E> {
     ) -> (JobId, oneshot::Receiver<Resolution<E>>, bool) {
         let job = self.next_id();
         let (reply, receiver) = oneshot::channel();
-        self.jobs.insert(
-            job,
-            PendingJob {
-                remaining: keys.len(),
-                resolution: Resolution::Keys(KeysResult::default()),
-                reply,
-            },
-        );
+        let mut places = Vec::with_capacity(keys.len());
+        let remaining = keys.len();
         let group = (Arc::clone(account), service.clone(), soft);
         let mut filled = false;
         for key in keys {
@@ -215,15 +213,25 @@ impl<E: Clone> State<E> {
                 Some(jobs) => jobs.push(job),
                 None => {
                     batch.keys.push(key.clone());
-                    batch.waiters.insert(key, vec![job]);
+                    batch.waiters.insert(key.clone(), vec![job]);
                 }
             }
+            places.push((batch_id, key));
             if batch.keys.len() >= self.max_keys {
                 // Full: it waits for its dispatcher, and the next key opens a new batch.
                 self.open_keys.remove(&group);
                 filled = true;
             }
         }
+        self.jobs.insert(
+            job,
+            PendingJob {
+                remaining,
+                resolution: Resolution::Keys(KeysResult::default()),
+                reply,
+                places,
+            },
+        );
         (job, receiver, filled)
     }
 
@@ -236,6 +244,13 @@ impl<E: Clone> State<E> {
     ) -> (JobId, oneshot::Receiver<Resolution<E>>) {
         let job = self.next_id();
         let (reply, receiver) = oneshot::channel();
+        let group = (Arc::clone(account), service.clone());
+        let batch_id = match self.open_all.get(&group) {
+            Some(id) => *id,
+            None => self.open_batch(account, service, BatchKind::PurgeAll, now),
+        };
+        let batch = self.batches.get_mut(&batch_id).expect("open batches exist");
+        batch.waiters.entry(String::new()).or_default().push(job);
         self.jobs.insert(
             job,
             PendingJob {
@@ -245,15 +260,9 @@ impl<E: Clone> State<E> {
                     attempts: 0,
                 },
                 reply,
+                places: vec![(batch_id, String::new())],
             },
         );
-        let group = (Arc::clone(account), service.clone());
-        let batch_id = match self.open_all.get(&group) {
-            Some(id) => *id,
-            None => self.open_batch(account, service, BatchKind::PurgeAll, now),
-        };
-        let batch = self.batches.get_mut(&batch_id).expect("open batches exist");
-        batch.waiters.entry(String::new()).or_default().push(job);
         (job, receiver)
     }
 
@@ -275,6 +284,7 @@ impl<E: Clone> State<E> {
                 waiters: HashMap::new(),
                 opened_at: now,
                 riders: Vec::new(),
+                sealed: false,
             },
         );
         match kind {
@@ -362,7 +372,13 @@ impl<E: Clone> State<E> {
                 }
             }
         }
+        for rider in &riders {
+            if let Some(rider) = self.batches.get_mut(rider) {
+                rider.sealed = true;
+            }
+        }
         let batch = self.batches.get_mut(&id).expect("sealed batches exist");
+        batch.sealed = true;
         batch.riders = riders;
         Sealed {
             id,
@@ -457,9 +473,10 @@ impl<E: Clone> State<E> {
 
     /// Puts a rider batch back at the front of its queue.
     fn requeue(&mut self, id: BatchId) {
-        let Some(batch) = self.batches.get(&id) else {
+        let Some(batch) = self.batches.get_mut(&id) else {
             return;
         };
+        batch.sealed = false;
         let queue = Self::queue_of(&batch.account, batch.kind);
         self.queues.entry(queue).or_default().push_front(id);
     }
@@ -517,9 +534,32 @@ impl<E: Clone> State<E> {
         self.behind = behind;
     }
 
-    /// Forgets a job that stopped waiting. Its keys stay in their batches and are purged.
-    pub fn withdraw(&mut self, job: JobId) {
-        self.jobs.remove(&job);
+    /// Takes a job out that stopped waiting, and returns what it had got so far (purge ids of
+    /// finished batches, errors). Its keys leave the batches not yet sealed, and a batch left
+    /// without any key or job is dropped, so nothing is sent for a job that is no longer there.
+    /// Keys in sealed batches are purged anyway.
+    pub fn withdraw(&mut self, job: JobId) -> Option<Resolution<E>> {
+        let pending = self.jobs.remove(&job)?;
+        for (batch_id, key) in &pending.places {
+            let Some(batch) = self.batches.get_mut(batch_id) else {
+                continue;
+            };
+            if batch.sealed {
+                continue;
+            }
+            if let Some(jobs) = batch.waiters.get_mut(key) {
+                jobs.retain(|waiting| *waiting != job);
+                if jobs.is_empty() {
+                    batch.waiters.remove(key);
+                    batch.keys.retain(|kept| kept != key);
+                }
+            }
+            if batch.waiters.is_empty() {
+                self.unqueue(*batch_id);
+                self.batches.remove(batch_id);
+            }
+        }
+        Some(pending.resolution)
     }
 
     /// Returns the number of jobs waiting.
@@ -859,19 +899,59 @@ mod tests {
     }
 
     #[test]
-    fn withdrawn_job_ignored_on_completion() {
+    fn withdrawn_job_leaves_unsealed_batches() {
         let now = Instant::now();
         let mut state = TestState::new(256, LINGER);
         let (job, _receiver, _) =
-            state.submit_keys(&account(), &service("S1"), false, keys(&["a"]), now);
-        state.withdraw(job);
+            state.submit_keys(&account(), &service("S1"), false, keys(&["a", "b"]), now);
+        let (_, mut other, _) =
+            state.submit_keys(&account(), &service("S1"), false, keys(&["b"]), now);
+        let (purge_all, _receiver) = state.submit_purge_all(&account(), &service("S2"), now);
+        assert!(state.withdraw(job).is_some());
+        assert!(state.withdraw(purge_all).is_some());
+        assert_eq!(
+            state.next_ready(&queue(true), now + LINGER),
+            Next::Idle,
+            "nothing waits for the purge_all"
+        );
         let Next::Ready(id) = state.next_ready(&queue(false), now + LINGER) else {
             panic!()
         };
         let sealed = state.seal(id);
-        assert_eq!(sealed.keys, ["a"], "the key is still purged");
+        assert_eq!(
+            sealed.keys,
+            ["b"],
+            "only the key another job waits for is sent"
+        );
         state.complete_keys(sealed.id, Ok(ids_for(&sealed)), 1);
+        assert!(other.try_recv().is_ok());
         assert_eq!(state.waiting_jobs(), 0);
+        assert_eq!(state.batches(), 0);
+    }
+
+    #[test]
+    fn withdrawn_job_keeps_partial_result() {
+        let now = Instant::now();
+        let mut state = TestState::new(1, LINGER);
+        let (job, _receiver, _) =
+            state.submit_keys(&account(), &service("S1"), false, keys(&["a", "b"]), now);
+        let Next::Ready(first) = state.next_ready(&queue(false), now) else {
+            panic!()
+        };
+        let first = state.seal(first);
+        state.complete_keys(first.id, Ok(ids_for(&first)), 2);
+        let Next::Ready(second) = state.next_ready(&queue(false), now) else {
+            panic!()
+        };
+        let second = state.seal(second);
+        let Some(Resolution::Keys(partial)) = state.withdraw(job) else {
+            panic!()
+        };
+        assert_eq!(partial.purge_ids.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(partial.attempts, 2);
+        // The sealed batch still completes, without a job to tell.
+        state.complete_keys(second.id, Ok(ids_for(&second)), 1);
+        assert_eq!(state.batches(), 0);
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl RetryCounts {
     ///
     /// The counters are trusted only when RabbitMQ's `x-death` header shows that the message
     /// expired in one of the worker's delay queues (`retry_prefix` then a level), so a
-    /// producer's own headers, or a dead letter replayed as it is, start from zero.
+    /// producer's own headers count for nothing. Dead letters carry no counters, so a replayed
+    /// one starts from zero as well.
     pub fn from_headers(headers: Option<&FieldTable>, retry_prefix: &str) -> RetryCounts {
         if !headers.is_some_and(|table| expired_in_delay_queue(table, retry_prefix)) {
             return RetryCounts::default();

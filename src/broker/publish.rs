@@ -156,6 +156,16 @@ impl Publisher {
         reason: &DeadLetter<'_>,
     ) -> Result<(), BrokerError> {
         let mut headers = incoming.properties.headers().clone().unwrap_or_default();
+        // A dead letter replayed to the jobs queue starts its retries afresh.
+        let mut kept = headers.inner().clone();
+        for counter in [
+            RETRY_COUNT_HEADER,
+            ATTEMPT_COUNT_HEADER,
+            REQUEST_ATTEMPTS_HEADER,
+        ] {
+            kept.remove(counter);
+        }
+        headers = kept.into();
         if let Some(job_id) = reason.job_id {
             headers.insert("x-job-id".into(), long_string(job_id));
         }

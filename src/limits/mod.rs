@@ -82,7 +82,6 @@ pub struct AccountLimits {
 
 #[derive(Debug)]
 struct ClassLimit {
-    class: BudgetClass,
     /// Replaced as a whole when the quota changes, because a governor quota is fixed.
     limiter: Mutex<Arc<DefaultDirectRateLimiter>>,
     pacer: Mutex<Pacer>,
@@ -90,8 +89,7 @@ struct ClassLimit {
 
 impl AccountLimits {
     pub fn new(account: &str, settings: &LimitSettings) -> AccountLimits {
-        let class = |class: BudgetClass, quota: &QuotaSettings| ClassLimit {
-            class,
+        let class = |quota: &QuotaSettings| ClassLimit {
             limiter: Mutex::new(Arc::new(RateLimiter::direct(governor_quota(quota)))),
             pacer: Mutex::new(Pacer::default()),
         };
@@ -99,9 +97,9 @@ impl AccountLimits {
             account: account.to_owned(),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight.max(1) as usize)),
             classes: [
-                class(BudgetClass::Purge, &settings.purge),
-                class(BudgetClass::Write, &settings.write),
-                class(BudgetClass::Read, &settings.read),
+                class(&settings.purge),
+                class(&settings.write),
+                class(&settings.read),
             ],
         }
     }
@@ -111,15 +109,19 @@ impl AccountLimits {
     }
 
     /// Replaces a class's quota, for example with this worker's share of the account's budget.
+    // NOTE: budgets are per worker process. Several workers of one account each take the whole
+    // configured quota, and each spreads the whole remaining write budget from the headers.
     pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings) {
         let limiter = Arc::new(RateLimiter::direct(governor_quota(quota)));
-        *self.class(class).limiter.lock().unwrap() = limiter;
+        *lock(&self.class(class).limiter) = limiter;
     }
 
     /// Waits until the class's budget and an in-flight place allow one request.
     ///
-    /// Fails at once, without waiting, when the budget would allow the request only after
-    /// `deadline`: the caller then hands the job back rather than hold its delivery.
+    /// Fails without sending when `deadline` has passed, or as soon as it is clear that the
+    /// budget would allow the request only after `deadline`: the caller then hands the job back
+    /// rather than hold its delivery. The pause and spacing are checked again once an in-flight
+    /// place is free, so requests that queued for a place do not go out after a 429.
     pub async fn admit(
         &self,
         class: BudgetClass,
@@ -133,7 +135,10 @@ impl AccountLimits {
         };
         loop {
             let now = Instant::now();
-            let ready_at = limit.pacer.lock().unwrap().ready_at(now);
+            if now >= deadline {
+                return Err(over(now));
+            }
+            let ready_at = lock(&limit.pacer).ready_at(now);
             if let Some(at) = ready_at {
                 if at > deadline {
                     return Err(over(at));
@@ -141,10 +146,29 @@ impl AccountLimits {
                 tokio::time::sleep_until(at).await;
                 continue;
             }
-            let limiter = Arc::clone(&limit.limiter.lock().unwrap());
+
+            let permit =
+                tokio::time::timeout_at(deadline, Arc::clone(&self.in_flight).acquire_owned())
+                    .await
+                    .map_err(|_| over(deadline))?
+                    .expect("the in-flight semaphore is never closed");
+            // The wait for a place may have outlasted a 429 that arrived meanwhile.
+            let now = Instant::now();
+            if lock(&limit.pacer).ready_at(now).is_some() {
+                drop(permit);
+                continue;
+            }
+            let limiter = Arc::clone(&lock(&limit.limiter));
             match limiter.check() {
-                Ok(()) => break,
+                Ok(()) => {
+                    lock(&limit.pacer).started(now);
+                    return Ok(Admission {
+                        _in_flight: permit,
+                        waited: started.elapsed(),
+                    });
+                }
                 Err(not_until) => {
+                    drop(permit);
                     let wait = not_until.wait_time_from(DefaultClock::default().now());
                     if now + wait > deadline {
                         return Err(over(now + wait));
@@ -153,16 +177,6 @@ impl AccountLimits {
                 }
             }
         }
-        limit.pacer.lock().unwrap().started(Instant::now());
-
-        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.in_flight).acquire_owned())
-            .await
-            .map_err(|_| over(deadline))?
-            .expect("the in-flight semaphore is never closed");
-        Ok(Admission {
-            _in_flight: permit,
-            waited: started.elapsed(),
-        })
     }
 
     /// Learns from a reply: rate-limit headers adjust the spacing of the class, a 429 pauses
@@ -177,11 +191,8 @@ impl AccountLimits {
                     return;
                 };
                 if err.http_status() == Some(429) {
-                    let pause = limit
-                        .pacer
-                        .lock()
-                        .unwrap()
-                        .observe_rate_limited(until_reset(rate_limit), now);
+                    let pause =
+                        lock(&limit.pacer).observe_rate_limited(until_reset(rate_limit), now);
                     tracing::warn!(
                         account = %self.account,
                         class = class.as_str(),
@@ -201,33 +212,40 @@ impl AccountLimits {
         if let (Some(remaining), Some(until_reset)) =
             (rate_limit.remaining, until_reset(rate_limit))
         {
-            limit
-                .pacer
-                .lock()
-                .unwrap()
-                .observe_budget(remaining, until_reset, now);
+            lock(&limit.pacer).observe_budget(remaining, until_reset, now);
         }
     }
 
     /// Returns when a paused class resumes, if it is paused.
     pub fn paused_until(&self, class: BudgetClass) -> Option<Instant> {
-        self.class(class)
-            .pacer
-            .lock()
-            .unwrap()
-            .paused_until(Instant::now())
+        lock(&self.class(class).pacer).paused_until(Instant::now())
     }
 
-    pub fn class_limits(&self) -> impl Iterator<Item = BudgetClass> + '_ {
-        self.classes.iter().map(|limit| limit.class)
+    /// Returns when the class admits its next request, if not now: the end of a pause, or the
+    /// spacing that spreads the remaining budget.
+    pub fn ready_at(&self, class: BudgetClass) -> Option<Instant> {
+        lock(&self.class(class).pacer).ready_at(Instant::now())
     }
 }
 
-/// Returns the time until the reset in a rate-limit reply, if it has one.
+/// Returns the time until the reset in a rate-limit reply. A reset that is not in the future
+/// (clock skew, or a reply at the turn of the hour) counts as absent, so a 429 with it still
+/// pauses, with the growing pause for replies without a reset.
 fn until_reset(rate_limit: &RateLimit) -> Option<Duration> {
     let reset = rate_limit.reset?;
     let now = chrono::Utc::now().timestamp();
-    Some(Duration::from_secs(u64::try_from(reset - now).unwrap_or(0)))
+    u64::try_from(reset - now)
+        .ok()
+        .filter(|seconds| *seconds > 0)
+        .map(Duration::from_secs)
+}
+
+/// Locks a mutex, taking it over if a panic poisoned it: the values here (a pacer, a limiter)
+/// stay consistent between statements.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn governor_quota(settings: &QuotaSettings) -> Quota {
@@ -342,6 +360,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn passed_deadline_admits_nothing() {
+        let limits = AccountLimits::new("a", &settings(360_000, 100));
+        let past = Instant::now() - Duration::from_secs(1);
+        assert!(limits.admit(BudgetClass::Read, past).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_place_respect_a_new_pause() {
+        let limits = Arc::new(AccountLimits::new("a", &settings(360_000, 100)));
+        let first = limits.admit(BudgetClass::Write, far()).await.unwrap();
+        // Two (the cap) are in flight; a third waits for a place.
+        let second = limits.admit(BudgetClass::Write, far()).await.unwrap();
+        let waiting = {
+            let limits = Arc::clone(&limits);
+            tokio::spawn(async move {
+                let soon = Instant::now() + Duration::from_millis(300);
+                limits.admit(BudgetClass::Write, soon).await.map(|_| ())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let too_many = FastlyError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "hourly limit".to_owned(),
+            rate_limit: RateLimit {
+                remaining: Some(0),
+                reset: Some(chrono::Utc::now().timestamp() + 600),
+            },
+        };
+        limits.observe(BudgetClass::Write, Err(&too_many));
+        drop((first, second));
+        assert!(
+            waiting.await.unwrap().is_err(),
+            "no write goes out during the pause"
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limit_with_past_reset_still_pauses() {
+        let limits = AccountLimits::new("a", &settings(360_000, 100));
+        let stale = FastlyError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "hourly limit".to_owned(),
+            rate_limit: RateLimit {
+                remaining: Some(0),
+                reset: Some(chrono::Utc::now().timestamp() - 30),
+            },
+        };
+        limits.observe(BudgetClass::Write, Err(&stale));
+        assert!(limits.paused_until(BudgetClass::Write).is_some());
+    }
+
+    #[tokio::test]
     async fn in_flight_capped() {
         let limits = AccountLimits::new("a", &settings(360_000, 100));
         let one = limits.admit(BudgetClass::Read, far()).await.unwrap();
@@ -349,7 +419,8 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(30);
         assert!(limits.admit(BudgetClass::Write, soon).await.is_err());
         drop(one);
-        assert!(limits.admit(BudgetClass::Write, soon).await.is_ok());
+        let later = Instant::now() + Duration::from_millis(30);
+        assert!(limits.admit(BudgetClass::Write, later).await.is_ok());
         drop(two);
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
-use crate::batch::{Batcher, KeysResult};
+use crate::batch::{Batcher, KeysResult, Waited};
 use crate::config::Account;
 use crate::fastly::{FastlyError, service_list_path};
 use crate::gateway::{CallError, Called, Gateway};
@@ -94,9 +94,9 @@ impl Executor {
         soft: bool,
         deadline: Instant,
     ) -> Outcome {
-        if let Some(error) = self
-            .gateway
-            .paused_past(account.name(), BudgetClass::Purge, deadline)
+        if let Some(error) =
+            self.gateway
+                .unavailable_past(account.name(), BudgetClass::Purge, deadline)
         {
             return Outcome::RetryLater {
                 error,
@@ -105,21 +105,18 @@ impl Executor {
             };
         }
         let account_name: Arc<str> = Arc::from(account.name());
-        let resolved = self
+        let waited = self
             .batcher
             .purge_keys(&account_name, service_id, soft, keys.to_vec(), deadline)
             .await;
-        let Some(result) = resolved else {
-            return Outcome::RetryLater {
-                error: CallError::OutOfTime,
-                attempts: 0,
-                output: None,
-            };
+        let (result, timed_out) = match waited {
+            Waited::Done(result) => (result, false),
+            Waited::TimedOut(result) => (result, true),
         };
         let KeysResult {
             purge_ids,
             by_purge_all,
-            failed,
+            mut failed,
             error,
             attempts,
         } = result;
@@ -132,15 +129,28 @@ impl Executor {
         if !by_purge_all.is_empty() {
             output["purged_by_purge_all"] = json!(in_job_order(keys, &by_purge_all));
         }
+        if timed_out {
+            // Keys not resolved in time count as not purged; they may still be, later.
+            let resolved: HashSet<&str> = purge_ids_of(&output)
+                .chain(by_purge_all.iter().map(String::as_str))
+                .collect();
+            failed = keys
+                .iter()
+                .filter(|key| !resolved.contains(key.as_str()))
+                .cloned()
+                .collect();
+        }
         if failed.is_empty() {
             return Outcome::Succeeded { output, attempts };
         }
         output["not_purged"] = json!(in_job_order(keys, &failed));
-        let error = error.unwrap_or_else(|| {
-            CallError::Fastly(FastlyError::InvalidReply(
+        let error = match error {
+            Some(error) => error,
+            None if timed_out => CallError::OutOfTime,
+            None => CallError::Fastly(FastlyError::InvalidReply(
                 "the bulk purge reply has no purge id for some keys".to_owned(),
-            ))
-        });
+            )),
+        };
         Outcome::failed_or_retry(error, attempts, Some(output))
     }
 
@@ -151,9 +161,9 @@ impl Executor {
         service_id: &ServiceId,
         deadline: Instant,
     ) -> Outcome {
-        if let Some(error) = self
-            .gateway
-            .paused_past(account.name(), BudgetClass::Write, deadline)
+        if let Some(error) =
+            self.gateway
+                .unavailable_past(account.name(), BudgetClass::Write, deadline)
         {
             return Outcome::RetryLater {
                 error,
@@ -326,6 +336,14 @@ impl Executor {
             Err(error) => Outcome::failed_or_retry(error, attempts, None),
         }
     }
+}
+
+/// Returns the keys of an output's `purge_ids` map.
+fn purge_ids_of(output: &Value) -> impl Iterator<Item = &str> {
+    output["purge_ids"]
+        .as_object()
+        .into_iter()
+        .flat_map(|ids| ids.keys().map(String::as_str))
 }
 
 /// Returns `subset` in the order the items have in `all`, so lists read like the job.

@@ -103,8 +103,8 @@ impl Outcome {
     fn output(&self) -> Option<Value> {
         match self {
             Outcome::Succeeded { output, .. } => Some(output.clone()),
-            Outcome::Failed { output, .. } => output.clone(),
-            Outcome::Rejected(_) | Outcome::RetryLater { .. } => None,
+            Outcome::Failed { output, .. } | Outcome::RetryLater { output, .. } => output.clone(),
+            Outcome::Rejected(_) => None,
         }
     }
 

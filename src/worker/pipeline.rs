@@ -13,7 +13,7 @@ use tracing::{Instrument, field};
 use super::accounts::AccountRegistry;
 use super::execute::Executor;
 use super::outcome::{JobFacts, Outcome, job_result};
-use super::settle::{RetryPlan, Settled, settle};
+use super::settle::{RetryPlan, Settled, reject, settle};
 use crate::broker::{Incoming, Publisher, RetryCounts};
 use crate::config::{JobLimits, RedeliverySettings};
 use crate::gateway::CallError;
@@ -75,16 +75,23 @@ impl Pipeline {
             let (outcome, retry) = self.plan_retry(&incoming, outcome);
             log_outcome(&outcome, started);
             let result = job_result(&facts, &outcome);
-            // Boxed, like the execute stage, to keep each waiting delivery's future small.
-            let settled = Box::pin(settle(
+            // Boxed, like the execute stage, to keep each waiting delivery's future small. A
+            // panic here rejects the delivery rather than leave it unacked.
+            let settling = AssertUnwindSafe(Box::pin(settle(
                 &session.publisher,
                 &incoming,
                 &facts,
                 &outcome,
                 &result,
                 retry.as_ref(),
-            ))
-            .await;
+            )));
+            let settled = match settling.catch_unwind().await {
+                Ok(settled) => settled,
+                Err(_) => {
+                    tracing::error!("settling the delivery panicked, rejecting it");
+                    reject(&incoming).await
+                }
+            };
             if settled == Settled::NotAcked && !session.publisher.is_open() {
                 session.broken.send_replace(true);
             }

@@ -49,9 +49,18 @@ pub async fn settle(
             code: error.code().as_str(),
             message: &message,
         };
-        if let Err(err) = publisher.retry_later(incoming, &letter).await {
-            tracing::error!(error = %err, "cannot send the job to its delay queue, rejecting the delivery to the dead-letter queue");
-            return reject(incoming).await;
+        match publisher.retry_later(incoming, &letter).await {
+            Ok(()) => {}
+            // The channel works but the delay queue took nothing (deleted, full): the job
+            // fails now, with its result and dead letter, rather than wait for nothing.
+            Err(err) if publisher.is_open() => {
+                tracing::error!(error = %err, "cannot send the job to its delay queue, failing it");
+                return publish_and_ack(publisher, incoming, facts, result).await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot send the job to its delay queue, rejecting the delivery to the dead-letter queue");
+                return reject(incoming).await;
+            }
         }
         tracing::info!(
             queue = %plan.queue,
@@ -63,6 +72,16 @@ pub async fn settle(
         return ack(incoming).await;
     }
 
+    publish_and_ack(publisher, incoming, facts, result).await
+}
+
+/// Publishes the result, dead-letters a job that did not succeed, then acks.
+async fn publish_and_ack(
+    publisher: &Publisher,
+    incoming: &Incoming,
+    facts: &JobFacts,
+    result: &JobResult,
+) -> Settled {
     let status = result.status;
     let job_id = facts.job_id.as_deref();
     let body = result.to_json();
@@ -103,7 +122,8 @@ async fn ack(incoming: &Incoming) -> Settled {
     }
 }
 
-async fn reject(incoming: &Incoming) -> Settled {
+/// Rejects the delivery without requeue, so RabbitMQ dead-letters it.
+pub async fn reject(incoming: &Incoming) -> Settled {
     if let Err(err) = incoming.reject().await {
         tracing::error!(error = %err, "cannot reject the delivery; the broker delivers it again when the channel closes");
     }

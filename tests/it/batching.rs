@@ -266,3 +266,51 @@ async fn transient_failure_goes_through_delay_queue() {
     assert_eq!(statuses, [503, 503, 503, 503, 200]);
     world.finish().await;
 }
+
+#[tokio::test]
+async fn quorum_delay_queue_returns_job() {
+    let mut builder = WorldBuilder::new("quorum_delay");
+    builder.settings.broker.queue_type = fastly_purge_worker::config::QueueType::Quorum;
+    let mut world = builder.start().await;
+    world.sim.inject(Fault::status("/service/S1/purge", 503, 4));
+    let reply = world
+        .run(json!({"type": "purge_keys", "service_id": "S1", "keys": ["via-quorum"]}))
+        .await;
+    assert_eq!(reply.result.status, Status::Succeeded, "{}", reply.json);
+    assert_eq!(
+        reply.result.attempts, 5,
+        "the second delivery came back from the delay queue"
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn deleted_delay_queue_fails_job_with_result() {
+    let mut world = World::start("delay_queue_gone").await;
+    for queue in world.settings.retry_queues() {
+        world
+            .client
+            .channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+    world.sim.inject(Fault::status("/service/S1/purge", 503, 4));
+    let reply = world
+        .run(json!({"type": "purge_keys", "service_id": "S1", "keys": ["nowhere-to-wait"]}))
+        .await;
+    assert_eq!(reply.result.status, Status::Failed, "{}", reply.json);
+    assert_eq!(
+        reply.json["output"]["not_purged"],
+        json!(["nowhere-to-wait"])
+    );
+    let dead = world.dead_letters(1).await;
+    assert_eq!(
+        header(&dead[0], "x-error-code").as_deref(),
+        Some("fastly_server_error")
+    );
+    world.finish().await;
+}

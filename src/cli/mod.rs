@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings};
-use crate::sim::{SimConfig, SimToken};
+use crate::sim::{AfterHang, Chaos, SimConfig, SimToken, Storm};
 
 /// Exit code for a job that failed or was rejected, and for runtime failures.
 pub const EXIT_FAILURE: u8 = 1;
@@ -71,6 +71,79 @@ struct SimulateArgs {
     /// Length of the rate-limit window in seconds (Fastly's is one hour).
     #[arg(long, default_value_t = 3600)]
     window_secs: u64,
+    #[command(flatten)]
+    chaos: ChaosArgs,
+}
+
+/// Chaos mode: random faults mixed into Fastly API traffic, all off by default. A request gets
+/// at most one of a reset, a hang and a slow reply, so those three rates add up to at most 1.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Chaos mode")]
+struct ChaosArgs {
+    /// Fraction of requests, from 0 to 1, whose connection is reset (TCP RST) without a reply.
+    #[arg(long, default_value_t = 0.0)]
+    reset_rate: f64,
+    /// Fraction of requests, from 0 to 1, held for --hang-ms before the connection is closed
+    /// without a reply (or the reply is sent, with --hang-then-reply).
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    /// Time in ms that a hanging request is held. Set it above the client's request timeout.
+    #[arg(long, default_value_t = 3000)]
+    hang_ms: u64,
+    /// Process a hanging request and send its reply when the hang ends, instead of closing
+    /// the connection without a reply.
+    #[arg(long)]
+    hang_then_reply: bool,
+    /// Fraction of requests, from 0 to 1, whose reply is delayed by --slow-ms.
+    #[arg(long, default_value_t = 0.0)]
+    slow_rate: f64,
+    /// Extra delay in ms of a slow reply, on top of --latency-ms.
+    #[arg(long, default_value_t = 500)]
+    slow_ms: u64,
+    /// Length in ms of a 429 storm, during which every write (purge_all included) gets 429
+    /// with Fastly-RateLimit-Remaining: 0 and a reset at the storm's end. Unset: no storm.
+    #[arg(long, value_name = "MS")]
+    storm_ms: Option<u64>,
+    /// Time in ms from the simulator's start to the first 429 storm.
+    #[arg(long, default_value_t = 0, requires = "storm_ms")]
+    storm_after_ms: u64,
+    /// Time in ms from the start of one 429 storm to the start of the next. Unset: one storm.
+    #[arg(long, value_name = "MS", requires = "storm_ms")]
+    storm_every_ms: Option<u64>,
+    /// Give key and URL purges 429 during a storm too, not only writes.
+    #[arg(long, requires = "storm_ms")]
+    storm_purges: bool,
+    /// Seed of the random draws, so that the same sequence of requests gets the same faults.
+    #[arg(long)]
+    chaos_seed: Option<u64>,
+}
+
+impl ChaosArgs {
+    /// Builds the chaos settings, with `error_rate` from --error-rate.
+    fn to_chaos(&self, error_rate: f64) -> Chaos {
+        let storm = self.storm_ms.map(|length_ms| Storm {
+            start_after: Duration::from_millis(self.storm_after_ms),
+            length: Duration::from_millis(length_ms),
+            every: self.storm_every_ms.map(Duration::from_millis),
+            purges: self.storm_purges,
+        });
+        let after_hang = if self.hang_then_reply {
+            AfterHang::Reply
+        } else {
+            AfterHang::Close
+        };
+        Chaos {
+            error_rate,
+            reset_rate: self.reset_rate,
+            hang_rate: self.hang_rate,
+            hang: Duration::from_millis(self.hang_ms),
+            after_hang,
+            slow_rate: self.slow_rate,
+            slow: Duration::from_millis(self.slow_ms),
+            storm,
+            seed: self.chaos_seed,
+        }
+    }
 }
 
 /// Parses the command line, runs the command, and returns its exit code.
@@ -135,11 +208,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|t| format!("{} ({})", t.token, t.scopes.join(" ")))
         .collect();
+
+    // The messages name the JSON fields, which are the option names with underscores.
+    let chaos = args.chaos.to_chaos(args.error_rate);
+    if let Err(message) = chaos.validate() {
+        anyhow::bail!("invalid chaos mode options: {message} (see --help)");
+    }
+
     let config = SimConfig {
         tokens,
         services: args.services,
         latency: Duration::from_millis(args.latency_ms),
-        error_rate: args.error_rate,
+        chaos,
         write_limit: args.write_limit,
         window: Duration::from_secs(args.window_secs.max(1)),
         ..SimConfig::default()
@@ -190,6 +270,86 @@ mod tests {
     #[test]
     fn command_line_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn chaos_flags_build_settings() {
+        let cli = Cli::try_parse_from([
+            "fastly-purge-worker",
+            "simulate-fastly",
+            "--error-rate",
+            "0.1",
+            "--reset-rate",
+            "0.05",
+            "--hang-rate",
+            "0.02",
+            "--hang-ms",
+            "4000",
+            "--hang-then-reply",
+            "--slow-rate",
+            "0.2",
+            "--slow-ms",
+            "250",
+            "--storm-ms",
+            "30000",
+            "--storm-after-ms",
+            "60000",
+            "--storm-every-ms",
+            "600000",
+            "--storm-purges",
+            "--chaos-seed",
+            "7",
+        ])
+        .unwrap();
+        let Command::SimulateFastly(args) = cli.command else {
+            panic!("expected simulate-fastly");
+        };
+
+        let chaos = args.chaos.to_chaos(args.error_rate);
+
+        assert_eq!(chaos.error_rate, 0.1);
+        assert_eq!(chaos.reset_rate, 0.05);
+        assert_eq!(chaos.hang_rate, 0.02);
+        assert_eq!(chaos.hang, Duration::from_millis(4000));
+        assert_eq!(chaos.after_hang, AfterHang::Reply);
+        assert_eq!(chaos.slow_rate, 0.2);
+        assert_eq!(chaos.slow, Duration::from_millis(250));
+        assert_eq!(
+            chaos.storm,
+            Some(Storm {
+                start_after: Duration::from_secs(60),
+                length: Duration::from_secs(30),
+                every: Some(Duration::from_secs(600)),
+                purges: true,
+            })
+        );
+        assert_eq!(chaos.seed, Some(7));
+        assert_eq!(chaos.validate(), Ok(()));
+    }
+
+    #[test]
+    fn chaos_off_without_flags() {
+        let cli = Cli::try_parse_from(["fastly-purge-worker", "simulate-fastly"]).unwrap();
+        let Command::SimulateFastly(args) = cli.command else {
+            panic!("expected simulate-fastly");
+        };
+
+        let chaos = args.chaos.to_chaos(args.error_rate);
+
+        assert!(!chaos.is_active());
+        assert_eq!(chaos.after_hang, AfterHang::Close);
+    }
+
+    #[test]
+    fn storm_options_need_storm_length() {
+        let parsed = Cli::try_parse_from([
+            "fastly-purge-worker",
+            "simulate-fastly",
+            "--storm-after-ms",
+            "100",
+        ]);
+
+        assert!(parsed.is_err());
     }
 
     #[test]

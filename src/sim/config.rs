@@ -1,9 +1,11 @@
 //! Simulator settings: the API tokens it accepts, the seeded account size, injected delay and
-//! failure rate, and the rate limits it enforces.
+//! chaos faults, and the rate limits it enforces.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+use super::chaos::Chaos;
 
 /// Token value accepted by [`SimConfig::default`].
 pub const DEFAULT_TOKEN: &str = "sim-global-token";
@@ -22,7 +24,11 @@ pub struct SimConfig {
     /// Delay added before every Fastly API reply.
     pub latency: Duration,
     /// Fraction (0.0..=1.0) of authenticated requests that get a random 500, 502 or 503 reply.
+    /// The same setting as `chaos.error_rate`, kept for older callers: set one of the two.
     pub error_rate: f64,
+    /// Chaos faults in force from the start: random 5xx replies, resets, hangs, slow replies
+    /// and 429 storms. All off by default. Storms are timed from the simulator's start.
+    pub chaos: Chaos,
     /// Write requests (every non-GET/HEAD request except key and URL purges) accepted per
     /// rate-limit window per user. Fastly's default is 1,000 per hour.
     pub write_limit: u32,
@@ -43,6 +49,7 @@ impl Default for SimConfig {
             services: 3,
             latency: Duration::ZERO,
             error_rate: 0.0,
+            chaos: Chaos::default(),
             write_limit: 1000,
             purge_limit: 100_000,
             window: Duration::from_secs(3600),
@@ -60,6 +67,18 @@ impl SimConfig {
                 self.error_rate
             ));
         }
+        if self.error_rate > 0.0
+            && self.chaos.error_rate > 0.0
+            && self.error_rate != self.chaos.error_rate
+        {
+            return Err(format!(
+                "error_rate {} and chaos.error_rate {} differ: set only one of them",
+                self.error_rate, self.chaos.error_rate
+            ));
+        }
+        self.chaos
+            .validate()
+            .map_err(|message| format!("chaos: {message}"))?;
         if self.window.as_millis() == 0 {
             return Err("window is invalid: expected at least 1 ms".to_string());
         }
@@ -71,6 +90,15 @@ impl SimConfig {
             }
         }
         Ok(())
+    }
+
+    /// Returns the chaos settings with `error_rate` folded in when `chaos.error_rate` is unset.
+    pub(crate) fn effective_chaos(&self) -> Chaos {
+        let mut chaos = self.chaos.clone();
+        if chaos.error_rate == 0.0 {
+            chaos.error_rate = self.error_rate;
+        }
+        chaos
     }
 }
 

@@ -1,4 +1,5 @@
-//! Scripted failures: injected [`Fault`] replies, and the random 5xx replies of `error_rate`.
+//! Scripted failures: injected [`Fault`] replies, and the random 5xx replies of chaos mode's
+//! `error_rate`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -123,8 +124,7 @@ fn html_error_page(status: u16) -> String {
 
 /// Builds one of the replies picked by `error_rate`: status 500, 502 or 503, with an empty,
 /// HTML or JSON body, because real 5xx bodies vary.
-pub fn random_server_error() -> Reply {
-    let mut rng = rand::rng();
+pub fn random_server_error(rng: &mut impl RngExt) -> Reply {
     let status = [500_u16, 502, 503][rng.random_range(0..3)];
     let code = StatusCode::from_u16(status).expect("500, 502 and 503 are valid statuses");
 

@@ -1,25 +1,27 @@
-//! Request pipeline for Fastly API paths: authentication, scope checks, injected faults,
-//! random failures, rate limits, the endpoint itself, recording and the added delay.
+//! Request pipeline for Fastly API paths: chaos mode's connection faults, authentication,
+//! scope checks, injected faults, 429 storms, random failures, rate limits, the endpoint
+//! itself, recording and the added delay.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::{Bytes, to_bytes};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::body::to_bytes;
+use axum::extract::Request;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use rand::RngExt;
 
 use super::account_routes;
+use super::chaos::{AfterHang, ChaosKind, ConnectionFault};
 use super::control;
-use super::fault::random_server_error;
 use super::limits::Decision;
 use super::purge;
 use super::record::{Outcome, RecordedRequest};
 use super::reply::Reply;
 use super::routes::Route;
+use super::server::{Abort, ConnectionHandle};
 use super::services;
 use super::state::SimState;
 use super::tokens::{Authentication, TokenRecord};
@@ -47,18 +49,24 @@ impl RequestContext<'_> {
 }
 
 /// Serves every request: `/_sim/` control paths go to [`control`], all others through the
-/// Fastly pipeline.
-pub async fn handle(State(state): State<Arc<SimState>>, request: Request) -> Response {
+/// Fastly pipeline with chaos mode's connection faults around it.
+///
+/// A request that gets no reply (a reset, or a hang that ends in a close) is recorded with
+/// status 0, and its response future never finishes: the connection's task drops it together
+/// with the connection.
+pub async fn handle(state: Arc<SimState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if control::is_control_path(parts.uri.path()) {
         return control::handle(&state, &parts, body).await;
     }
+    let connection = parts
+        .extensions
+        .get::<ConnectionHandle>()
+        .cloned()
+        .expect("the server puts a ConnectionHandle into every request");
 
-    let (body, reply, outcome) = match to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(body) => {
-            let (reply, outcome) = process(&state, &parts, &body);
-            (body, reply, outcome)
-        }
+    let body = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
         Err(error) => {
             tracing::warn!(
                 path = %parts.uri.path(),
@@ -66,20 +74,106 @@ pub async fn handle(State(state): State<Arc<SimState>>, request: Request) -> Res
                 "failed to read request body, replying 413"
             );
             let reply = Reply::msg(StatusCode::PAYLOAD_TOO_LARGE, "Request entity too large");
-            (Bytes::new(), reply, Outcome::default())
+            state.record(
+                recorded_request(&parts, &[], reply.status.as_u16(), Vec::new()),
+                Outcome::default(),
+            );
+            return delayed(&state, &connection, reply, Duration::ZERO).await;
         }
     };
 
-    state.record(recorded_request(&parts, &body, reply.status), outcome);
+    let fault = state.chaos().connection_fault();
+    match fault {
+        Some(ConnectionFault::Reset) => {
+            record_without_reply(&state, &parts, &body, ChaosKind::Reset);
+            end_without_reply(&connection, Abort::Reset).await
+        }
+        Some(ConnectionFault::Hang {
+            hold,
+            then: AfterHang::Close,
+        }) => {
+            record_without_reply(&state, &parts, &body, ChaosKind::Hang);
+            connection.wait_unless_closing(hold).await;
+            end_without_reply(&connection, Abort::Close).await
+        }
+        Some(ConnectionFault::Hang {
+            hold,
+            then: AfterHang::Reply,
+        }) => {
+            let reply =
+                process_and_record(&state, &parts, &body, &connection, Some(ChaosKind::Hang));
+            if !connection.wait_unless_closing(hold).await {
+                return end_without_reply(&connection, Abort::Close).await;
+            }
+            delayed(&state, &connection, reply, Duration::ZERO).await
+        }
+        Some(ConnectionFault::Slow { delay }) => {
+            let reply =
+                process_and_record(&state, &parts, &body, &connection, Some(ChaosKind::Slow));
+            delayed(&state, &connection, reply, delay).await
+        }
+        None => {
+            let reply = process_and_record(&state, &parts, &body, &connection, None);
+            delayed(&state, &connection, reply, Duration::ZERO).await
+        }
+    }
+}
 
-    let latency = state.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+/// Runs the Fastly pipeline and records the request with the status of its reply.
+fn process_and_record(
+    state: &SimState,
+    parts: &Parts,
+    body: &[u8],
+    connection: &ConnectionHandle,
+    connection_fault: Option<ChaosKind>,
+) -> Reply {
+    let (reply, outcome) = process(state, parts, body, connection.peer);
+    let chaos = connection_fault.into_iter().chain(outcome.chaos).collect();
+    state.record(
+        recorded_request(parts, body, reply.status.as_u16(), chaos),
+        outcome,
+    );
+    reply
+}
+
+fn record_without_reply(state: &SimState, parts: &Parts, body: &[u8], kind: ChaosKind) {
+    state.record(
+        recorded_request(parts, body, NO_REPLY, vec![kind]),
+        Outcome::default(),
+    );
+}
+
+/// Requests that the connection end without a reply, and waits for the connection's task to
+/// drop this future.
+async fn end_without_reply(connection: &ConnectionHandle, how: Abort) -> Response {
+    connection.abort(how);
+    std::future::pending().await
+}
+
+/// Sends the reply after the simulator's latency plus `extra`. While the server shuts down,
+/// the reply goes without the wait.
+async fn delayed(
+    state: &SimState,
+    connection: &ConnectionHandle,
+    reply: Reply,
+    extra: Duration,
+) -> Response {
+    let delay = state.latency() + extra;
+    if !delay.is_zero() {
+        connection.wait_unless_closing(delay).await;
     }
     reply.into_response()
 }
 
-fn recorded_request(parts: &Parts, body: &[u8], status: StatusCode) -> RecordedRequest {
+/// Status recorded for a request that got no reply.
+const NO_REPLY: u16 = 0;
+
+fn recorded_request(
+    parts: &Parts,
+    body: &[u8],
+    status: u16,
+    chaos: Vec<ChaosKind>,
+) -> RecordedRequest {
     let mut token = None;
     let mut headers = Vec::with_capacity(parts.headers.len());
     for (name, value) in &parts.headers {
@@ -96,7 +190,8 @@ fn recorded_request(parts: &Parts, body: &[u8], status: StatusCode) -> RecordedR
         token,
         headers,
         body: body.to_vec(),
-        status: status.as_u16(),
+        status,
+        chaos,
     }
 }
 
@@ -107,7 +202,7 @@ fn path_and_query(parts: &Parts) -> &str {
     )
 }
 
-fn process(state: &SimState, parts: &Parts, body: &[u8]) -> (Reply, Outcome) {
+fn process(state: &SimState, parts: &Parts, body: &[u8], peer: SocketAddr) -> (Reply, Outcome) {
     let now = Utc::now();
     let now_ms = u64::try_from(now.timestamp_millis()).unwrap_or(0);
     let fastly_key = parts
@@ -124,25 +219,41 @@ fn process(state: &SimState, parts: &Parts, body: &[u8]) -> (Reply, Outcome) {
         return (reply, Outcome::default());
     }
 
-    // Injected faults and random failures replace the reply once the token is accepted, and
-    // are not charged to any limit.
+    // Every request other than GET, HEAD and key or URL purges is a write.
+    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let is_purge = route.is_key_or_url_purge();
+    let is_write = !is_read && !is_purge;
+
+    // Injected faults, storms and random failures replace the reply once the token is
+    // accepted, and are not charged to any limit.
     if let Some(reply) = state
         .faults
         .take(parts.method.as_str(), path_and_query(parts))
     {
         return (reply, Outcome::default());
     }
-    let error_rate = state.error_rate();
-    if error_rate > 0.0 && rand::rng().random_bool(error_rate) {
-        return (random_server_error(), Outcome::default());
+    let chaos_reply = {
+        let mut chaos = state.chaos();
+        match chaos.storm_reply(now_ms, is_write, is_purge) {
+            Some(reply) => Some((reply, ChaosKind::Storm)),
+            None => chaos
+                .server_error()
+                .map(|reply| (reply, ChaosKind::ServerError)),
+        }
+    };
+    if let Some((reply, kind)) = chaos_reply {
+        let outcome = Outcome {
+            chaos: Some(kind),
+            ..Outcome::default()
+        };
+        return (reply, outcome);
     }
 
-    // Every request other than GET, HEAD and key or URL purges is a write. It is charged
-    // before the endpoint runs, so a write that then fails (400, 404) still counts.
-    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+    // A write is charged before the endpoint runs, so a write that then fails (400, 404)
+    // still counts.
     let mut outcome = Outcome::default();
     let mut rate_limit = None;
-    if !is_read && !route.is_key_or_url_purge() {
+    if is_write {
         match state.limiter().try_write(token.user_id(), now_ms) {
             Decision::Accepted { remaining, reset } => {
                 outcome.write_charged = true;
@@ -160,10 +271,7 @@ fn process(state: &SimState, parts: &Parts, body: &[u8]) -> (Reply, Outcome) {
         body,
         now,
         now_ms,
-        peer: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| *peer),
+        peer: Some(peer),
     };
     let (mut reply, endpoint_outcome) = dispatch(&context, route);
     outcome.purge_succeeded = endpoint_outcome.purge_succeeded;
@@ -222,9 +330,4 @@ fn dispatch(context: &RequestContext, route: Route) -> (Reply, Outcome) {
         Route::TokenSelf => read(account_routes::token_self(context)),
         Route::NotFound => read(Reply::not_found()),
     }
-}
-
-/// Builds the axum service state and routes every path to [`handle`].
-pub fn router(state: Arc<SimState>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(state)
 }

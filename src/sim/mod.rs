@@ -5,7 +5,9 @@
 //! worker uses: key, URL and purge_all purges, and service and account reads. Its replies are
 //! shaped like recorded Fastly traffic. The module also owns the simulator's state: seeded
 //! services, tokens and accounts, rate limits, the request log and counters, injected faults,
-//! and the `/_sim/` control endpoints. It does not contain the worker or any Fastly client.
+//! chaos mode, and the `/_sim/` control endpoints. Chaos mode ([`Chaos`]) mixes random 5xx
+//! replies, connection resets, hangs, slow replies and 429 storms into the traffic. The
+//! module does not contain the worker or any Fastly client.
 //! The simulator only listens and never opens a connection to any host.
 //!
 //! Start one with [`Simulator::start`] on `127.0.0.1:0`, point the Fastly client at
@@ -15,6 +17,7 @@
 mod account_routes;
 mod accounts;
 mod catalog;
+mod chaos;
 mod config;
 mod control;
 mod fault;
@@ -26,6 +29,7 @@ mod purge;
 mod record;
 mod reply;
 mod routes;
+mod server;
 mod services;
 mod state;
 mod tokens;
@@ -43,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use chaos::{AfterHang, Chaos, ChaosKind, ChaosStats, Storm};
 pub use config::{DEFAULT_CUSTOMER_ID, DEFAULT_TOKEN, DEFAULT_USER_ID, SimConfig, SimToken};
 pub use fault::Fault;
 pub use record::{RecordedRequest, SimStats};
@@ -66,34 +71,30 @@ impl Simulator {
     /// Binds `listen` (port 0 picks a free port) and starts serving in a Tokio task.
     ///
     /// Returns an `InvalidInput` error for an invalid config (an error rate outside 0.0..=1.0,
-    /// a zero window or an empty token), or the bind error.
+    /// invalid chaos settings, a zero window or an empty token), or the bind error.
     pub async fn start(listen: SocketAddr, config: SimConfig) -> io::Result<Simulator> {
         config
             .validate()
             .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))?;
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let started_at = chrono::Utc::now().timestamp();
-        let state = Arc::new(SimState::new(&config, addr, started_at));
+        let state = Arc::new(SimState::new(&config, addr, now_ms()));
 
-        let app =
-            handler::router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let serving = axum::serve(listener, app).with_graceful_shutdown(async {
-                // A dropped sender also ends the wait, so dropping the handle stops the server.
-                let _ = shutdown_signal.await;
-            });
-            if let Err(error) = serving.await {
-                tracing::error!(%addr, %error, "Fastly API simulator stopped with an error");
-            }
-        });
+        let server = tokio::spawn(server::serve(listener, Arc::clone(&state), async {
+            // A dropped sender also ends the wait, so dropping the handle stops the server.
+            let _ = shutdown_signal.await;
+        }));
         tracing::info!(
             %addr,
             services = config.services,
             tokens = config.tokens.len(),
             "Fastly API simulator started"
         );
+        let chaos = config.effective_chaos();
+        if chaos.is_active() {
+            tracing::info!(%addr, ?chaos, "Fastly API simulator chaos mode is on");
+        }
 
         Ok(Simulator {
             state,
@@ -168,13 +169,32 @@ impl Simulator {
     }
 
     /// Sets the fraction of authenticated requests that get a random 5xx reply, clamped to
-    /// 0.0..=1.0.
+    /// 0.0..=1.0. The same as `chaos.error_rate`: the other chaos settings are kept.
     pub fn set_error_rate(&self, rate: f64) {
-        self.state.set_error_rate(rate);
+        self.state.chaos().set_error_rate(rate);
     }
 
-    /// Stops accepting connections and waits up to 5 s for open ones to finish, then aborts
-    /// the server task.
+    /// Replaces the chaos settings, like `POST /_sim/chaos`. Storms are timed from now, and a
+    /// seed restarts the random sequence. `Chaos::default()` turns chaos mode off.
+    ///
+    /// # Panics
+    /// Panics when the settings are invalid (see [`Chaos::validate`]), because a test that
+    /// passes them has a bug.
+    pub fn set_chaos(&self, chaos: Chaos) {
+        if let Err(message) = chaos.validate() {
+            panic!("invalid chaos settings: {message}");
+        }
+        self.state.set_chaos(chaos, now_ms());
+    }
+
+    /// Returns the chaos settings in force, with the error rate of [`Simulator::set_error_rate`].
+    pub fn chaos(&self) -> Chaos {
+        self.state.chaos().chaos().clone()
+    }
+
+    /// Stops accepting connections and waits up to 5 s for open ones to finish their request
+    /// in progress, then aborts the server task. Hanging requests of chaos mode end at once
+    /// without a reply, and delayed replies are sent without the rest of their delay.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
@@ -194,6 +214,11 @@ impl Simulator {
         }
         tracing::info!(addr = %self.addr, "Fastly API simulator stopped");
     }
+}
+
+/// Returns the current time in Unix milliseconds.
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 impl Drop for Simulator {

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Serialize, Serializer};
 
+use super::chaos::{ChaosKind, ChaosStats};
+
 /// One request to a Fastly API path, as received, with the status the simulator sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordedRequest {
@@ -17,8 +19,14 @@ pub struct RecordedRequest {
     /// Request body. Served over HTTP as a string, with invalid UTF-8 replaced.
     #[serde(serialize_with = "serialize_lossy_utf8")]
     pub body: Vec<u8>,
-    /// Status of the reply the simulator sent.
+    /// Status of the reply the simulator sent, or 0 when it sent none: chaos mode reset the
+    /// connection, or closed it after a hang. A reply sent after a hang is recorded with its
+    /// status even if the client stopped waiting for it.
     pub status: u16,
+    /// Faults that chaos mode applied to the request, in the order applied, for example
+    /// `[Slow, ServerError]`. Empty for a request that chaos mode left alone. Injected
+    /// [`super::Fault`]s are not listed.
+    pub chaos: Vec<ChaosKind>,
 }
 
 fn serialize_lossy_utf8<S: Serializer>(body: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
@@ -67,7 +75,8 @@ impl RecordedRequest {
 }
 
 /// Counters over every request to a Fastly API path since start or the last reset. Requests to
-/// the `/_sim/` control endpoints are not counted.
+/// the `/_sim/` control endpoints are not counted. Requests that got no reply are counted under
+/// status 0 in `by_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SimStats {
     pub requests: u64,
@@ -82,6 +91,8 @@ pub struct SimStats {
     pub max_writes_in_window: u32,
     /// Surrogate keys named in successful bulk and single-key purges.
     pub keys_purged: u64,
+    /// Faults applied by chaos mode, per kind.
+    pub chaos: ChaosStats,
 }
 
 /// Counter changes caused by one request.
@@ -90,6 +101,8 @@ pub struct Outcome {
     pub write_charged: bool,
     pub purge_succeeded: bool,
     pub keys_purged: u64,
+    /// The chaos fault that replaced the reply: a storm 429 or a random 5xx.
+    pub chaos: Option<ChaosKind>,
 }
 
 /// Bounded request log plus counters, behind one lock in [`super::state::SimState`].
@@ -123,6 +136,9 @@ impl Recorder {
             stats.purges += 1;
         }
         stats.keys_purged += outcome.keys_purged;
+        for kind in &request.chaos {
+            stats.chaos.count(*kind);
+        }
 
         if self.limit == 0 {
             return;
@@ -167,6 +183,7 @@ mod tests {
                 .collect(),
             body: body.as_bytes().to_vec(),
             status: 200,
+            chaos: Vec::new(),
         }
     }
 

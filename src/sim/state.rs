@@ -1,5 +1,5 @@
 //! State that every request of one simulator reads or updates: the fixed account data, the
-//! adjustable delay and failure rate, and the locked counters and logs.
+//! adjustable delay and chaos settings, and the locked counters and logs.
 //!
 //! Each lock guards one concern and is held only for a few map or queue operations, never
 //! across an `.await`.
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::accounts::Accounts;
 use super::catalog::Catalog;
+use super::chaos::{Chaos, ChaosDice};
 use super::config::{DEFAULT_CUSTOMER_ID, SimConfig};
 use super::fault::FaultQueue;
 use super::ids::PurgeIds;
@@ -39,7 +40,7 @@ pub struct SimState {
     /// Address the server listens on, used for `Link` headers when a request has no Host.
     pub local_addr: SocketAddr,
     latency_micros: AtomicU64,
-    error_rate_bits: AtomicU64,
+    chaos: Mutex<ChaosDice>,
     limiter: Mutex<Limiter>,
     recorder: Mutex<Recorder>,
     purge_log: Mutex<PurgeLog>,
@@ -54,7 +55,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SimState {
-    pub fn new(config: &SimConfig, local_addr: SocketAddr, started_at: i64) -> Self {
+    /// Builds the state. `started_at_ms` is the start time in Unix milliseconds: purge ids
+    /// and storms are timed from it.
+    pub fn new(config: &SimConfig, local_addr: SocketAddr, started_at_ms: u64) -> Self {
         let owner = config
             .tokens
             .first()
@@ -63,11 +66,11 @@ impl SimState {
             tokens: TokenTable::new(&config.tokens),
             accounts: Accounts::new(&config.tokens),
             catalog: Catalog::new(config.services, owner),
-            purge_ids: PurgeIds::new(PURGE_ID_NODE, started_at),
+            purge_ids: PurgeIds::new(PURGE_ID_NODE, (started_at_ms / 1000) as i64),
             faults: FaultQueue::default(),
             local_addr,
             latency_micros: AtomicU64::new(0),
-            error_rate_bits: AtomicU64::new(0),
+            chaos: Mutex::new(ChaosDice::new(config.effective_chaos(), started_at_ms)),
             limiter: Mutex::new(Limiter::new(
                 config.write_limit,
                 config.purge_limit,
@@ -77,7 +80,6 @@ impl SimState {
             purge_log: Mutex::new(PurgeLog::default()),
         };
         state.set_latency(config.latency);
-        state.set_error_rate(config.error_rate);
         state
     }
 
@@ -90,19 +92,14 @@ impl SimState {
         self.latency_micros.store(micros, Ordering::Relaxed);
     }
 
-    pub fn error_rate(&self) -> f64 {
-        f64::from_bits(self.error_rate_bits.load(Ordering::Relaxed))
+    /// Locks the chaos settings and their random source. Hold the guard only for draws.
+    pub fn chaos(&self) -> MutexGuard<'_, ChaosDice> {
+        lock(&self.chaos)
     }
 
-    /// Sets the error rate, clamped to 0.0..=1.0 (NaN counts as 0.0).
-    pub fn set_error_rate(&self, rate: f64) {
-        let clamped = if rate.is_nan() {
-            0.0
-        } else {
-            rate.clamp(0.0, 1.0)
-        };
-        self.error_rate_bits
-            .store(clamped.to_bits(), Ordering::Relaxed);
+    /// Replaces the chaos settings, which take effect at `now_ms` (Unix milliseconds).
+    pub fn set_chaos(&self, chaos: Chaos, now_ms: u64) {
+        *lock(&self.chaos) = ChaosDice::new(chaos, now_ms);
     }
 
     pub fn limiter(&self) -> MutexGuard<'_, Limiter> {

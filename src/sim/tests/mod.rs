@@ -2,6 +2,7 @@
 //! over HTTP with reqwest.
 
 mod auth;
+mod chaos;
 mod control;
 mod limits;
 mod purge;

@@ -3,6 +3,7 @@
 //! run in parallel.
 
 mod batching;
+mod chaos;
 mod cli;
 mod failures;
 mod hostile;

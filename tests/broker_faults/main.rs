@@ -1,6 +1,6 @@
-//! Fault tests that stop, restart or cut the local broker, and crash the worker. They share
-//! one broker with nothing else, so they run one at a time (see [`serial`]) in a test target
-//! of their own, and every test leaves the broker running.
+//! Fault tests that stop, restart or cut the local broker, crash the worker, or load it under
+//! Fastly chaos. They share one broker with nothing else, so they run one at a time (see
+//! [`serial`]) in a test target of their own, and every test leaves the broker running.
 
 // The helpers are shared with the main test target; this one uses only part of them.
 #[allow(dead_code)]
@@ -10,6 +10,7 @@ mod process;
 #[path = "../it/world.rs"]
 mod world;
 
+mod chaos;
 mod crash;
 mod reconnect;
 

@@ -3,7 +3,6 @@
 //! run in parallel.
 
 mod batching;
-mod chaos;
 mod cli;
 mod failures;
 mod hostile;

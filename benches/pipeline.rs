@@ -599,6 +599,7 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
         .env("FPW_BROKER__RESULTS_QUEUE", format!("{prefix}.results"))
         .env("FPW_BROKER__DEAD_LETTER_QUEUE", format!("{prefix}.dead"))
         .env("FPW_BROKER__RETRY_QUEUE", format!("{prefix}.retry"))
+        .env("FPW_TELEMETRY__LISTEN", "127.0.0.1:0")
         .env(
             "RUST_LOG",
             std::env::var("BENCH_WORKER_LOG")

@@ -61,6 +61,7 @@ pub struct Settings {
     pub redelivery: RedeliverySettings,
     pub jobs: JobLimits,
     pub worker: WorkerSettings,
+    pub telemetry: TelemetrySettings,
     pub log: LogSettings,
     pub accounts: BTreeMap<String, AccountSource>,
 }
@@ -254,6 +255,17 @@ impl WorkerSettings {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
+}
+
+/// The metrics and health endpoint, and the token checks behind them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; empty turns the endpoint off.
+    pub listen: String,
+    pub token_expiry_warning_days: u32,
+    pub token_check_interval_s: u64,
+    pub queue_poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -529,6 +541,23 @@ impl Settings {
         }
 
         positive("jobs.max_message_bytes", self.jobs.max_message_bytes as u64)?;
+        positive(
+            "telemetry.token_check_interval_s",
+            self.telemetry.token_check_interval_s,
+        )?;
+        positive(
+            "telemetry.queue_poll_interval_ms",
+            self.telemetry.queue_poll_interval_ms,
+        )?;
+        let listen = &self.telemetry.listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "telemetry.listen",
+                listen,
+                "expected an address such as 0.0.0.0:9090 or 127.0.0.1:9090, or empty to turn \
+                 the endpoint off",
+            ));
+        }
         positive("jobs.max_keys", self.jobs.max_keys as u64)?;
         positive("jobs.max_urls", self.jobs.max_urls as u64)?;
 

@@ -12,8 +12,9 @@ use crate::batch::{BatchKind, Dispatch, QueueKey, Sealed, Sent};
 use crate::config::Account;
 use crate::fastly::{ErrorClass, FastlyClient, FastlyError, Reply};
 use crate::job::ErrorCode;
-use crate::limits::{Admission, BudgetClass, Limits, OverBudget};
+use crate::limits::{AccountLimits, Admission, BudgetClass, Limits, OverBudget};
 use crate::retry::{RetryPolicy, full_jitter};
+use crate::telemetry::Metrics;
 
 /// Why a request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +74,7 @@ pub struct Called<T> {
 /// Sends Fastly requests within the accounts' budgets.
 pub struct Gateway {
     client: FastlyClient,
+    metrics: Arc<Metrics>,
     limits: Limits,
     retry: RetryPolicy,
     accounts: std::collections::HashMap<String, Account>,
@@ -87,9 +89,11 @@ impl Gateway {
         retry: RetryPolicy,
         accounts: impl IntoIterator<Item = Account>,
         batch_budget: Duration,
+        metrics: Arc<Metrics>,
     ) -> Gateway {
         Gateway {
             client,
+            metrics,
             limits,
             retry,
             accounts: accounts
@@ -106,6 +110,10 @@ impl Gateway {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Waits for the budget of an account's class.
@@ -148,7 +156,8 @@ impl Gateway {
     }
 
     /// Sends a request with retries. `first` is an admission the caller already holds for the
-    /// first attempt; later attempts wait for the budget again.
+    /// first attempt; later attempts wait for the budget again. `endpoint` names the request in
+    /// logs and metrics.
     ///
     /// Retries stop at the policy's attempts, at a permanent error, or when the next attempt
     /// could not start before `deadline`.
@@ -156,7 +165,7 @@ impl Gateway {
         &self,
         account: &Account,
         class: BudgetClass,
-        what: &str,
+        endpoint: &str,
         deadline: Instant,
         first: Option<Admission>,
         mut request: F,
@@ -192,17 +201,30 @@ impl Gateway {
                     }
                 },
             };
+            self.metrics
+                .budget_waited(account.name(), class.as_str(), permit.waited);
             attempts += 1;
+            self.metrics.in_flight_changed(account.name(), 1);
+            let started = Instant::now();
             // A request still running at the deadline is cut off: the delivery must settle.
-            let Ok(reply) = tokio::time::timeout_at(deadline, request()).await else {
-                drop(permit);
+            let sent = tokio::time::timeout_at(deadline, request()).await;
+            self.metrics.in_flight_changed(account.name(), -1);
+            drop(permit);
+            let Ok(reply) = sent else {
+                self.metrics
+                    .fastly_request(endpoint, None, started.elapsed());
                 return Called {
                     result: Err(CallError::OutOfTime),
                     attempts,
                 };
             };
-            limits.observe(class, reply.as_ref().map(|reply| &reply.rate_limit));
-            drop(permit);
+            let status = match &reply {
+                Ok(_) => Some(200),
+                Err(err) => err.http_status(),
+            };
+            self.metrics
+                .fastly_request(endpoint, status, started.elapsed());
+            self.observe(&limits, class, &reply);
 
             let err = match reply {
                 Ok(reply) => {
@@ -224,16 +246,44 @@ impl Gateway {
                     attempts,
                 };
             };
-            tracing::warn!(
-                account = account.name(),
-                request = what,
-                attempt = attempts,
-                delay_ms = delay.as_millis() as u64,
-                error = %err,
-                "Fastly request failed, retrying"
+            self.metrics.fastly_retry(
+                account.name(),
+                endpoint,
+                attempts,
+                delay,
+                &err,
+                err.code().as_str(),
             );
             last_error = Some(err);
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Feeds a reply's rate-limit headers to the budget and records them.
+    fn observe<T>(
+        &self,
+        limits: &AccountLimits,
+        class: BudgetClass,
+        reply: &Result<Reply<T>, FastlyError>,
+    ) {
+        let rate_limit = match reply {
+            Ok(reply) => Some(&reply.rate_limit),
+            Err(err) => err.rate_limit(),
+        };
+        if let Some(remaining) = rate_limit.and_then(|limit| limit.remaining) {
+            self.metrics
+                .rate_limit_remaining(limits.account(), class.as_str(), remaining);
+        }
+        let paused = limits.observe(class, reply.as_ref().map(|reply| &reply.rate_limit));
+        if let Some(pause) = paused {
+            let rate_limit = rate_limit.copied().unwrap_or_default();
+            self.metrics.rate_limited(
+                limits.account(),
+                class.as_str(),
+                pause,
+                rate_limit.remaining,
+                rate_limit.reset,
+            );
         }
     }
 
@@ -292,7 +342,7 @@ impl Dispatch for Arc<Gateway> {
                         .call(
                             &account,
                             BudgetClass::Purge,
-                            "bulk key purge",
+                            "purge_keys",
                             deadline,
                             permit,
                             || {
@@ -305,6 +355,9 @@ impl Dispatch for Arc<Gateway> {
                             },
                         )
                         .await;
+                    gateway
+                        .metrics
+                        .batch_sent(batch.keys.len(), called.result.is_ok());
                     Sent::Keys {
                         result: called.result,
                         attempts: called.attempts,
@@ -372,6 +425,7 @@ mod tests {
             policy,
             [account.clone()],
             Duration::from_secs(5),
+            Arc::new(Metrics::new()),
         );
         (gateway, account)
     }

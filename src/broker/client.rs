@@ -59,43 +59,58 @@ pub async fn queue_status(
     Ok(statuses)
 }
 
-/// Watches how many messages wait in a queue, with a passive declare on a channel of its own.
-pub struct DepthProbe {
-    channel: Channel,
-    queue: String,
+/// Reads the depth of queues with passive declares, on a channel of its own.
+pub struct QueueProbe {
+    connection: std::sync::Arc<Connection>,
+    channel: tokio::sync::Mutex<Channel>,
 }
 
-impl DepthProbe {
-    pub async fn open(connection: &Connection, queue: &str) -> Result<DepthProbe, BrokerError> {
+impl QueueProbe {
+    pub async fn open(connection: std::sync::Arc<Connection>) -> Result<QueueProbe, BrokerError> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(BrokerError::amqp("opening the queue depth channel"))?;
-        Ok(DepthProbe {
-            channel,
-            queue: queue.to_owned(),
+            .map_err(BrokerError::amqp("opening the queue probe channel"))?;
+        Ok(QueueProbe {
+            connection,
+            channel: tokio::sync::Mutex::new(channel),
         })
     }
 
     /// Closes the probe's channel.
     pub async fn close(&self) {
-        let _ = self.channel.close(200, "worker stopping".into()).await;
+        let _ = self
+            .channel
+            .lock()
+            .await
+            .close(200, "worker stopping".into())
+            .await;
     }
 
-    /// Returns the number of messages ready for delivery in the queue.
-    pub async fn ready(&self) -> Result<u32, BrokerError> {
+    /// Returns the messages ready for delivery in a queue and its consumers. A missing queue
+    /// closes the channel, so the probe opens a new one for the next call.
+    pub async fn status(&self, queue: &str) -> Result<QueueStatus, BrokerError> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        self.channel
-            .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .map(|queue| queue.message_count())
-            .map_err(BrokerError::amqp(format!(
-                "reading the depth of {:?}",
-                self.queue
-            )))
+        let mut channel = self.channel.lock().await;
+        let declared = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await;
+        match declared {
+            Ok(declared) => Ok(QueueStatus {
+                name: queue.to_owned(),
+                messages: declared.message_count(),
+                consumers: declared.consumer_count(),
+            }),
+            Err(err) => {
+                if let Ok(fresh) = self.connection.create_channel().await {
+                    *channel = fresh;
+                }
+                Err(BrokerError::amqp(format!("reading the depth of {queue:?}"))(err))
+            }
+        }
     }
 }
 

@@ -10,7 +10,7 @@ mod consume;
 mod publish;
 mod topology;
 
-pub use client::{DepthProbe, JobProducer, QueueStatus, queue_status};
+pub use client::{JobProducer, QueueProbe, QueueStatus, queue_status};
 pub use consume::{
     ATTEMPT_COUNT_HEADER, Incoming, JobConsumer, REQUEST_ATTEMPTS_HEADER, RETRY_COUNT_HEADER,
     RetryCounts,

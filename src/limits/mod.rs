@@ -180,32 +180,34 @@ impl AccountLimits {
     }
 
     /// Learns from a reply: rate-limit headers adjust the spacing of the class, a 429 pauses
-    /// the class until Fastly's reset time, while the other classes keep going.
-    pub fn observe(&self, class: BudgetClass, reply: Result<&RateLimit, &FastlyError>) {
+    /// the class until Fastly's reset time, while the other classes keep going. Returns the
+    /// pause a 429 caused, for the caller to log and count.
+    pub fn observe(
+        &self,
+        class: BudgetClass,
+        reply: Result<&RateLimit, &FastlyError>,
+    ) -> Option<Duration> {
         let now = Instant::now();
         let limit = self.class(class);
         match reply {
-            Ok(rate_limit) => self.observe_headers(limit, rate_limit, now),
+            Ok(rate_limit) => {
+                self.observe_headers(limit, rate_limit, now);
+                None
+            }
             Err(err) => {
-                let Some(rate_limit) = err.rate_limit() else {
-                    return;
-                };
+                let rate_limit = err.rate_limit()?;
                 if err.http_status() == Some(429) {
-                    let pause =
-                        lock(&limit.pacer).observe_rate_limited(until_reset(rate_limit), now);
-                    tracing::warn!(
-                        account = %self.account,
-                        class = class.as_str(),
-                        pause_ms = pause.as_millis() as u64,
-                        remaining = rate_limit.remaining,
-                        reset = rate_limit.reset,
-                        "Fastly rate limit reached, pausing this budget class"
-                    );
+                    Some(lock(&limit.pacer).observe_rate_limited(until_reset(rate_limit), now))
                 } else {
                     self.observe_headers(limit, rate_limit, now);
+                    None
                 }
             }
         }
+    }
+
+    pub fn account(&self) -> &str {
+        &self.account
     }
 
     fn observe_headers(&self, limit: &ClassLimit, rate_limit: &RateLimit, now: Instant) {

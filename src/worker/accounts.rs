@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::Account;
+use crate::config::{Account, TelemetrySettings};
 use crate::fastly::TokenInfo;
 use crate::gateway::Gateway;
 use crate::job::{ErrorCode, Job, Rejection};
@@ -37,36 +37,11 @@ impl AccountRegistry {
         gateway: &Gateway,
         accounts: &BTreeMap<String, Account>,
         timeout: Duration,
+        warning_days: u32,
     ) -> AccountRegistry {
         let mut entries = BTreeMap::new();
         for (name, account) in accounts {
-            let deadline = Instant::now() + timeout;
-            let called = gateway
-                .call(
-                    account,
-                    BudgetClass::Read,
-                    "tokens/self",
-                    deadline,
-                    None,
-                    || gateway.client().token_self(account),
-                )
-                .await;
-            let token = match called.result {
-                Ok(value) => match TokenInfo::from_json(&value) {
-                    Ok(info) => {
-                        log_token(name, &info);
-                        Some(info)
-                    }
-                    Err(reason) => {
-                        tracing::warn!(account = %name, reason, "cannot read the token's scopes; Fastly will decide on each request");
-                        None
-                    }
-                },
-                Err(err) => {
-                    tracing::warn!(account = %name, error = %err, "cannot read the token's scopes; Fastly will decide on each request");
-                    None
-                }
-            };
+            let token = check_token(gateway, account, timeout, warning_days, true).await;
             entries.insert(
                 name.clone(),
                 AccountEntry {
@@ -141,21 +116,112 @@ impl AccountRegistry {
     }
 }
 
-fn log_token(account: &str, info: &TokenInfo) {
-    let expires = info
+/// Reads an account's token from tokens/self, records its expiry and validity, and logs what
+/// an operator must know: scopes at start, an expired or rejected token, an expiry within
+/// `warning_days`. Returns the token information when Fastly gave it.
+async fn check_token(
+    gateway: &Gateway,
+    account: &Account,
+    timeout: Duration,
+    warning_days: u32,
+    at_start: bool,
+) -> Option<TokenInfo> {
+    let name = account.name();
+    let deadline = Instant::now() + timeout;
+    let called = gateway
+        .call(
+            account,
+            BudgetClass::Read,
+            "tokens_self",
+            deadline,
+            None,
+            || gateway.client().token_self(account),
+        )
+        .await;
+    let value = match called.result {
+        Ok(value) => value,
+        Err(err) => {
+            // Fastly rejecting the token itself is a problem for readiness; anything else
+            // (a network fault, an outage) leaves the token as it was.
+            if matches!(err.http_status(), Some(401 | 403)) {
+                gateway
+                    .metrics()
+                    .token_status(name, None, Some("is rejected by Fastly"));
+                tracing::error!(account = name, error = %err, "Fastly rejects the account's token; its jobs will fail until it is replaced");
+            } else {
+                tracing::warn!(account = name, error = %err, "cannot read the token's scopes; Fastly will decide on each request");
+            }
+            return None;
+        }
+    };
+    let info = match TokenInfo::from_json(&value) {
+        Ok(info) => info,
+        Err(reason) => {
+            tracing::warn!(
+                account = name,
+                reason,
+                "cannot read the token's scopes; Fastly will decide on each request"
+            );
+            return None;
+        }
+    };
+
+    let now = Utc::now();
+    let expires = info.expires_at.map(|at| at.timestamp());
+    let expiry = info
         .expires_at
         .map(|at| at.to_rfc3339())
         .unwrap_or_else(|| "never".to_owned());
-    if info.is_expired(Utc::now()) {
-        tracing::error!(account, expires_at = %expires, "the account's Fastly token has expired; every request will fail until it is replaced");
-    } else {
+    if info.is_expired(now) {
+        gateway
+            .metrics()
+            .token_status(name, expires, Some("has expired"));
+        tracing::error!(account = name, expires_at = %expiry, "the account's Fastly token has expired; every request will fail until it is replaced");
+        return Some(info);
+    }
+    gateway.metrics().token_status(name, expires, None);
+    let soon = info
+        .expires_at
+        .is_some_and(|at| at - now < chrono::Duration::days(i64::from(warning_days)));
+    if soon {
+        tracing::warn!(
+            account = name,
+            expires_at = %expiry,
+            "the account's Fastly token expires soon; create a new one in Fastly and update the worker's secret"
+        );
+    } else if at_start {
         tracing::info!(
-            account,
+            account = name,
             scopes = %info.scopes.join(" "),
             services = info.services.len(),
-            expires_at = %expires,
+            expires_at = %expiry,
             "read the account's token scopes"
         );
+    }
+    Some(info)
+}
+
+/// Checks every token again at the configured interval, for expiry and revocation, until the
+/// task is aborted. Scopes read at start stay in force; a changed token needs a restart.
+pub async fn check_tokens_periodically(
+    gateway: std::sync::Arc<Gateway>,
+    accounts: BTreeMap<String, Account>,
+    settings: TelemetrySettings,
+    timeout: Duration,
+) {
+    let interval = Duration::from_secs(settings.token_check_interval_s);
+    loop {
+        tokio::time::sleep(interval).await;
+        for account in accounts.values() {
+            check_token(
+                &gateway,
+                account,
+                timeout,
+                settings.token_expiry_warning_days,
+                false,
+            )
+            .await;
+        }
     }
 }
 

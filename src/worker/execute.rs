@@ -51,7 +51,7 @@ impl Executor {
                 Box::pin(self.list_services(account, *page, *per_page, deadline)).await
             }
             JobKind::GetService { service_id } => {
-                let called = Box::pin(self.read(account, "service details", deadline, || {
+                let called = Box::pin(self.read(account, "service_details", deadline, || {
                     self.gateway.client().service_details(account, service_id)
                 }))
                 .await;
@@ -59,7 +59,7 @@ impl Executor {
             }
             JobKind::GetAccount => Box::pin(self.get_account(account, deadline)).await,
             JobKind::GetToken => {
-                let called = Box::pin(self.read(account, "tokens/self", deadline, || {
+                let called = Box::pin(self.read(account, "tokens_self", deadline, || {
                     self.gateway.client().token_self(account)
                 }))
                 .await;
@@ -250,7 +250,7 @@ impl Executor {
             .call(
                 account,
                 BudgetClass::Purge,
-                "URL purge",
+                "purge_url",
                 deadline,
                 None,
                 || self.gateway.client().purge_url(account, url, soft),
@@ -273,7 +273,7 @@ impl Executor {
         let mut seen = HashSet::new();
         loop {
             let called = self
-                .read(account, "service list", deadline, || {
+                .read(account, "list_services", deadline, || {
                     self.gateway.client().list_services_page(account, &path)
                 })
                 .await;
@@ -308,7 +308,7 @@ impl Executor {
     /// Reads the token's user, then the user's customer.
     async fn get_account(&self, account: &Account, deadline: Instant) -> Outcome {
         let user = self
-            .read(account, "current user", deadline, || {
+            .read(account, "current_user", deadline, || {
                 self.gateway.client().current_user(account)
             })
             .await;

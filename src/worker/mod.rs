@@ -27,6 +27,7 @@ use crate::fastly::FastlyClient;
 use crate::gateway::Gateway;
 use crate::limits::Limits;
 use crate::retry::RetryPolicy;
+use crate::telemetry::{Metrics, TelemetryServer};
 use pipeline::Pipeline;
 use session::{Session, SessionEnd};
 
@@ -38,19 +39,40 @@ pub struct WorkerHandle {
     /// True while a broker session consumes jobs.
     ready: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    metrics: Arc<Metrics>,
+    /// The metrics and health endpoint, when configured; it stops with the handle.
+    telemetry: Option<TelemetryServer>,
+    /// Rechecks the tokens; stopped with the handle.
+    token_checks: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.token_checks.abort();
+    }
 }
 
 impl WorkerHandle {
     /// Stops consuming, waits for jobs in progress (up to the shutdown timeout), and returns
     /// how the worker ended.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.task.await.context("the worker task panicked")?
+        (&mut self.task).await.context("the worker task panicked")?
     }
 
     /// Waits until the worker ends by itself, for example because the broker went away.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("the worker task panicked")?
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("the worker task panicked")?
+    }
+
+    /// Returns the worker's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Returns the address of the metrics and health endpoint, if it runs.
+    pub fn telemetry_addr(&self) -> Option<std::net::SocketAddr> {
+        self.telemetry.as_ref().map(TelemetryServer::addr)
     }
 
     /// Returns a receiver of the worker's readiness: true while it is connected and consuming.
@@ -69,6 +91,7 @@ impl WorkerHandle {
 /// that conflicts is an error here; after the start, the worker reconnects by itself.
 pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     let settings = config.settings.clone();
+    let metrics = Arc::new(Metrics::new());
     let client = FastlyClient::new(config.api_url.clone(), &settings.fastly)
         .context("cannot build the HTTP client")?;
     let retry = RetryPolicy::from_settings(&settings.fastly.retry);
@@ -79,6 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         retry,
         config.accounts.values().cloned(),
         settings.redelivery.delivery_budget(),
+        Arc::clone(&metrics),
     ));
     let batcher = Arc::new(Batcher::with_backlog_linger(
         Arc::clone(&gateway),
@@ -90,12 +114,33 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
 
     let session = Session::open(&settings).await?;
     tracing::info!(url = %settings.broker.redacted_url(), "connected to RabbitMQ");
+    let (ready_flag, ready) = watch::channel(true);
+    let telemetry = match settings.telemetry.listen.as_str() {
+        "" => None,
+        listen => Some(
+            TelemetryServer::start(listen, Arc::clone(&metrics), ready.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot serve metrics on {listen}; set another address in \
+                         telemetry.listen (FPW_TELEMETRY__LISTEN), or an empty one to turn it off"
+                    )
+                })?,
+        ),
+    };
     let accounts = AccountRegistry::load(
         &gateway,
         &config.accounts,
         settings.fastly.request_timeout() * 2,
+        settings.telemetry.token_expiry_warning_days,
     )
     .await;
+    let token_checks = tokio::spawn(accounts::check_tokens_periodically(
+        Arc::clone(&gateway),
+        config.accounts.clone(),
+        settings.telemetry.clone(),
+        settings.fastly.request_timeout() * 2,
+    ));
     let pipeline = Arc::new(Pipeline {
         limits: settings.jobs.clone(),
         redelivery: settings.redelivery.clone(),
@@ -105,7 +150,9 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         accounts,
         executor: Executor { gateway, batcher },
         backlog_threshold: settings.batch.max_keys,
+        metrics: Arc::clone(&metrics),
     });
+    metrics.broker_consuming(false, 0);
     tracing::info!(
         queue = %settings.broker.jobs_queue,
         prefetch = settings.prefetch(),
@@ -116,9 +163,15 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     );
 
     let (stop, stopped) = watch::channel(false);
-    let (ready_flag, ready) = watch::channel(true);
     let task = tokio::spawn(supervise(session, pipeline, settings, stopped, ready_flag));
-    Ok(WorkerHandle { stop, ready, task })
+    Ok(WorkerHandle {
+        stop,
+        ready,
+        task,
+        metrics,
+        telemetry,
+        token_checks,
+    })
 }
 
 /// Backoff between reconnection attempts: from 250 ms, doubling, to 30 s, with full jitter.
@@ -146,7 +199,7 @@ async fn supervise(
             SessionEnd::Broken(cause) => cause,
         };
         ready.send_replace(false);
-        tracing::warn!(error = %format!("{cause:#}"), "lost the broker session, reconnecting");
+        pipeline.metrics.broker_lost(&cause);
 
         let mut ceiling = RECONNECT_MIN;
         let mut failures = 0u32;
@@ -160,17 +213,13 @@ async fn supervise(
                 Ok(session) => break session,
                 Err(err) => {
                     failures += 1;
-                    // Log the first failure and then every tenth, so an outage does not flood
-                    // the log.
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        tracing::warn!(error = %err, failures, "cannot reconnect to RabbitMQ yet");
-                    }
+                    pipeline.metrics.reconnect_failed(&err, failures);
                     ceiling = (ceiling * 2).min(RECONNECT_MAX);
                 }
             }
         };
         ready.send_replace(true);
-        tracing::info!(failures, "reconnected to RabbitMQ, consuming jobs again");
+        pipeline.metrics.broker_consuming(true, failures);
     }
 }
 

@@ -3,6 +3,7 @@
 //! early returns an [`Outcome`] and the rest are skipped.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -18,6 +19,7 @@ use crate::broker::{Incoming, Publisher, RetryCounts};
 use crate::config::{JobLimits, RedeliverySettings};
 use crate::gateway::CallError;
 use crate::job::{Job, decode, validate};
+use crate::telemetry::Metrics;
 
 /// Everything one delivery needs; shared by all deliveries of a worker.
 pub struct Pipeline {
@@ -31,6 +33,7 @@ pub struct Pipeline {
     pub executor: Executor,
     /// Jobs waiting in the queue from which the worker counts as behind: a full batch.
     pub backlog_threshold: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a delivery needs of the broker session it came from. A new session after a reconnect
@@ -75,6 +78,7 @@ impl Pipeline {
             let (outcome, retry) = self.plan_retry(&incoming, outcome);
             log_outcome(&outcome, started);
             let result = job_result(&facts, &outcome);
+            let job_type = facts.job_type.as_deref().map_or("unknown", known_type);
             // Boxed, like the execute stage, to keep each waiting delivery's future small. A
             // panic here rejects the delivery rather than leave it unacked.
             let settling = AssertUnwindSafe(Box::pin(settle(
@@ -92,12 +96,41 @@ impl Pipeline {
                     reject(&incoming).await
                 }
             };
+            self.record(&outcome, retry.as_ref(), settled, job_type, started);
             if settled == Settled::NotAcked && !session.publisher.is_open() {
                 session.broken.send_replace(true);
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Logs and counts what became of a settled delivery: sent to a delay queue, or finished
+    /// with its result (and, unless it succeeded, its dead letter).
+    fn record(
+        &self,
+        outcome: &Outcome,
+        retry: Option<&RetryPlan>,
+        settled: Settled,
+        job_type: &str,
+        started: Instant,
+    ) {
+        let code = outcome.error().map(|error| error.code);
+        match (settled, retry) {
+            (Settled::Delayed, Some(plan)) => {
+                let code = code.map_or("unknown", |code| code.as_str());
+                self.metrics
+                    .delayed(code, &plan.queue, plan.delay, plan.counts.retries);
+                return;
+            }
+            (Settled::Acked, _) => {}
+            _ => return,
+        }
+        self.metrics
+            .job_completed(job_type, outcome.status().as_str(), started.elapsed());
+        if let Some(code) = code {
+            self.metrics.dead_lettered(code.as_str());
+        }
     }
 
     /// Runs the job stages, filling in `facts` as they learn about the job.
@@ -108,8 +141,13 @@ impl Pipeline {
             self.limits.max_message_bytes,
         ) {
             Ok(envelope) => envelope,
-            Err(rejection) => return Outcome::Rejected(rejection),
+            Err(rejection) => {
+                self.metrics.job_received("unknown");
+                return Outcome::Rejected(rejection);
+            }
         };
+        self.metrics
+            .job_received(envelope.job_type.as_deref().map_or("unknown", known_type));
         facts.job_id = Some(envelope.job_id.clone());
         facts.job_type = envelope.job_type.clone();
         // An account field that is not a string is rejected below; the result says null.
@@ -169,6 +207,12 @@ impl Pipeline {
         };
         (outcome, Some(plan))
     }
+}
+
+/// Returns the job type for metric labels: a type of the contract, or "unknown", so a
+/// producer cannot create label values at will.
+fn known_type(name: &str) -> &str {
+    crate::job::JobType::parse(name).map_or("unknown", crate::job::JobType::as_str)
 }
 
 /// Builds the outcome of a job whose stages panicked.

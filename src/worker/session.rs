@@ -11,12 +11,9 @@ use tokio::task::JoinSet;
 
 use super::pipeline::{Pipeline, SessionLink};
 use crate::batch::Batcher;
-use crate::broker::{self, BrokerError, DepthProbe, JobConsumer, Publisher};
+use crate::broker::{self, BrokerError, JobConsumer, Publisher, QueueProbe};
 use crate::config::Settings;
 use crate::gateway::Gateway;
-
-/// How often the worker looks at the depth of the jobs queue.
-const BACKLOG_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -29,21 +26,27 @@ pub enum SessionEnd {
 
 /// An open session, ready to consume.
 pub struct Session {
-    connection: Connection,
+    connection: Arc<Connection>,
     consumer: JobConsumer,
     link: Arc<SessionLink>,
     broken: watch::Receiver<bool>,
-    probe: Arc<DepthProbe>,
+    probe: Arc<QueueProbe>,
+    /// The queues whose depth is watched: jobs first, then the delay queues, then dead letters.
+    queues: Vec<String>,
+    poll_interval: Duration,
 }
 
 impl Session {
     /// Connects, declares the topology and starts consuming.
     pub async fn open(settings: &Settings) -> Result<Session, BrokerError> {
         let broker = &settings.broker;
-        let connection = broker::connect(broker).await?;
+        let connection = Arc::new(broker::connect(broker).await?);
         broker::declare_topology(&connection, broker, &settings.retry_queues()).await?;
         let publisher = Publisher::open(&connection, broker).await?;
-        let probe = Arc::new(DepthProbe::open(&connection, &broker.jobs_queue).await?);
+        let probe = Arc::new(QueueProbe::open(Arc::clone(&connection)).await?);
+        let mut queues = vec![broker.jobs_queue.clone()];
+        queues.extend(settings.retry_queues());
+        queues.push(broker.dead_letter_queue.clone());
         let tag = format!("{}-{}", broker.connection_name, uuid::Uuid::new_v4());
         let consumer = JobConsumer::start(&connection, broker, settings.prefetch(), &tag).await?;
         let (broken_flag, broken) = watch::channel(false);
@@ -56,6 +59,8 @@ impl Session {
             }),
             broken,
             probe,
+            queues,
+            poll_interval: Duration::from_millis(settings.telemetry.queue_poll_interval_ms),
         })
     }
 
@@ -72,10 +77,11 @@ impl Session {
         shutdown_timeout: Duration,
     ) -> SessionEnd {
         let batcher = Arc::clone(&pipeline.executor.batcher);
-        let watcher = tokio::spawn(watch_backlog(
+        let watcher = tokio::spawn(watch_queues(
             Arc::clone(&self.probe),
-            Arc::clone(&batcher),
-            pipeline.backlog_threshold,
+            self.queues.clone(),
+            self.poll_interval,
+            Arc::clone(&pipeline),
         ));
         let mut in_progress = JoinSet::new();
         let broken = loop {
@@ -146,24 +152,38 @@ impl Session {
     }
 }
 
-/// Tells the batcher when the worker is behind: when at least `threshold` jobs wait in the
+/// Reads the depth of the worker's queues at every interval, for the queue metrics, and tells
+/// the batcher when the worker is behind: when at least a full batch of jobs waits in the jobs
 /// queue, unconsumed. Batches then wait up to the backlog linger and go out full.
-async fn watch_backlog(
-    probe: Arc<DepthProbe>,
-    batcher: Arc<Batcher<Arc<Gateway>>>,
-    threshold: usize,
+async fn watch_queues(
+    probe: Arc<QueueProbe>,
+    queues: Vec<String>,
+    interval: Duration,
+    pipeline: Arc<Pipeline>,
 ) {
-    let mut interval = tokio::time::interval(BACKLOG_PROBE_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let batcher: &Batcher<Arc<Gateway>> = &pipeline.executor.batcher;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        match probe.ready().await {
-            Ok(ready) => batcher.set_behind(ready as usize >= threshold),
-            Err(err) => {
-                // Without a depth the worker keeps the short linger; nothing else depends on it.
-                tracing::debug!(error = %err, "cannot read the jobs queue depth");
-                batcher.set_behind(false);
-                return;
+        ticks.tick().await;
+        for (index, queue) in queues.iter().enumerate() {
+            match probe.status(queue).await {
+                Ok(status) => {
+                    pipeline
+                        .metrics
+                        .queue_depth(queue, status.messages, status.consumers);
+                    if index == 0 {
+                        batcher.set_behind(status.messages as usize >= pipeline.backlog_threshold);
+                    }
+                }
+                Err(err) => {
+                    // A delay or dead-letter queue deleted by hand comes back with the next
+                    // session; until then its depth is unknown.
+                    tracing::debug!(error = %err, queue, "cannot read a queue's depth");
+                    if index == 0 {
+                        batcher.set_behind(false);
+                    }
+                }
             }
         }
     }

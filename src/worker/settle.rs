@@ -10,7 +10,10 @@ use crate::job::{JobResult, Status};
 /// How settling ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
+    /// Acked after its result (and dead letter) was published.
     Acked,
+    /// Acked after the job was sent to a delay queue.
+    Delayed,
     /// Rejected after a broker error, so RabbitMQ dead-letters the original message, or left
     /// unacked on a closed channel, so RabbitMQ delivers it again.
     NotAcked,
@@ -62,14 +65,10 @@ pub async fn settle(
                 return reject(incoming).await;
             }
         }
-        tracing::info!(
-            queue = %plan.queue,
-            delay_ms = plan.delay.as_millis() as u64,
-            retries = plan.counts.retries,
-            code = %error.code(),
-            "job sent to a delay queue for a later attempt"
-        );
-        return ack(incoming).await;
+        return match ack(incoming).await {
+            Settled::Acked => Settled::Delayed,
+            other => other,
+        };
     }
 
     publish_and_ack(publisher, incoming, facts, result).await

@@ -99,17 +99,36 @@ async fn broker_restart_reconnects() {
     let settings = world.settings.clone();
     let mut ready = world.worker.as_ref().unwrap().ready();
 
+    let readyz = format!(
+        "http://{}/readyz",
+        world.worker.as_ref().unwrap().telemetry_addr().unwrap()
+    );
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+
     rabbitmqctl(&["stop_app"]);
     tokio::time::timeout(RECOVERY, ready.wait_for(|ready| !*ready))
         .await
         .expect("the worker reports itself not ready while the broker is down")
         .unwrap();
+    let down = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(down.status(), 503, "/readyz fails while the broker is down");
+    assert!(down.text().await.unwrap().contains("RabbitMQ"));
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup", "--timeout", "60"]);
     tokio::time::timeout(RECOVERY, ready.wait_for(|ready| *ready))
         .await
         .expect("the worker reconnects after the restart")
         .unwrap();
+    assert_eq!(
+        reqwest::get(&readyz).await.unwrap().status(),
+        200,
+        "/readyz passes again"
+    );
+    let metrics = crate::world::scrape(world.worker.as_ref().unwrap()).await;
+    assert_eq!(
+        crate::world::metric(&metrics, "fastly_purge_worker_broker_reconnects_total", &[]),
+        1.0
+    );
 
     // The test's own connection died with the broker; a new client publishes the next job.
     let mut world = world;

@@ -8,6 +8,7 @@ mod failures;
 mod hostile;
 mod jobs;
 mod malformed;
+mod metrics;
 mod process;
 mod secrets;
 mod shutdown;

@@ -20,6 +20,8 @@ pub fn command(args: &[&str]) -> Command {
     }
     command.env("AMQP_URL", crate::world::amqp_url());
     command.env("NO_COLOR", "1");
+    // Workers run side by side, so none takes the default metrics port.
+    command.env("FPW_TELEMETRY__LISTEN", "127.0.0.1:0");
     command
 }
 

@@ -89,6 +89,9 @@ pub fn test_settings(prefix: &str) -> Settings {
     settings.fastly.retry.max_attempts = 4;
     settings.worker.shutdown_timeout_ms = 3000;
     settings.batch.linger_ms = 10;
+    // Every in-process worker gets a port of its own.
+    settings.telemetry.listen = "127.0.0.1:0".to_owned();
+    settings.telemetry.queue_poll_interval_ms = 100;
     settings.redelivery.delivery_budget_ms = 10_000;
     settings.redelivery.max_attempts = 2;
     settings.redelivery.max_deferrals = 3;
@@ -454,6 +457,36 @@ fn correlation_of(reply: &Reply) -> Option<&str> {
         .correlation_id()
         .as_ref()
         .map(|id| id.as_str())
+}
+
+/// Scrapes a worker's metrics endpoint.
+pub async fn scrape(worker: &WorkerHandle) -> String {
+    let addr = worker
+        .telemetry_addr()
+        .expect("the test worker serves metrics");
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Returns the value of a series in a Prometheus text exposition: the line of `name` whose
+/// labels include every `label="value"` pair given; 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
 }
 
 /// Reads a string header of a message.

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::LogLimiter;
+use crate::job::ResultError;
 
 /// Label pairs of a series.
 type Labels = Vec<(&'static str, String)>;
@@ -221,14 +222,42 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a finished job and observes its duration. The pipeline logs the outcome.
-    pub fn job_completed(&self, job_type: &str, status: &str, duration: Duration) {
+    /// Logs and counts a job that got its result, and observes its duration. Failures and
+    /// rejections are logged as warnings, at most once every ten seconds per job type and
+    /// error code; successes only at debug level, since a busy worker finishes thousands of
+    /// jobs a second.
+    pub fn job_finished(
+        &self,
+        job_type: &str,
+        status: &str,
+        error: Option<&ResultError>,
+        attempts: u32,
+        duration: Duration,
+    ) {
         self.jobs_completed
             .get_or_create(&labels([("type", job_type), ("status", status)]))
             .inc();
         self.job_duration
             .get_or_create(&labels([("type", job_type)]))
             .observe(duration.as_secs_f64());
+        let elapsed_ms = duration.as_millis() as u64;
+        let Some(error) = error else {
+            tracing::debug!(status, attempts, elapsed_ms, "job finished");
+            return;
+        };
+        let key = format!("job:{job_type}:{status}:{}", error.code);
+        if let Some(suppressed) = self.log_limiter.allow(&key) {
+            tracing::warn!(
+                status,
+                code = %error.code,
+                http_status = error.http_status,
+                error = %error.message,
+                attempts,
+                elapsed_ms,
+                similar_not_logged = suppressed,
+                "job finished without success"
+            );
+        }
     }
 
     /// Counts a Fastly request by endpoint and status class (`2xx`, `4xx`, `429`, `5xx`, or
@@ -331,16 +360,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Logs and counts a job sent to a delay queue.
-    pub fn delayed(&self, code: &str, queue: &str, delay: Duration, retries: u32) {
+    /// Logs and counts a job sent to a delay queue, with the error that sent it there.
+    pub fn delayed(&self, error: &ResultError, queue: &str, delay: Duration, retries: u32) {
+        let code = error.code.as_str();
         self.delayed.get_or_create(&labels([("code", code)])).inc();
-        tracing::info!(
-            queue,
-            delay_ms = delay.as_millis() as u64,
-            retries,
-            code,
-            "job sent to a delay queue for a later attempt"
-        );
+        if let Some(suppressed) = self.log_limiter.allow(&format!("delayed:{code}")) {
+            tracing::warn!(
+                queue,
+                delay_ms = delay.as_millis() as u64,
+                retries,
+                code,
+                error = %error.message,
+                similar_not_logged = suppressed,
+                "job not done in this delivery, sent to a delay queue"
+            );
+        }
     }
 
     /// Logs and records a broker session that broke.

@@ -103,7 +103,13 @@ mod tests {
     fn metrics_render_with_prefix_and_units() {
         let metrics = Metrics::new();
         metrics.job_received("purge_keys");
-        metrics.job_completed("purge_keys", "succeeded", Duration::from_millis(120));
+        metrics.job_finished(
+            "purge_keys",
+            "succeeded",
+            None,
+            1,
+            Duration::from_millis(120),
+        );
         metrics.fastly_request("purge_keys", Some(200), Duration::from_millis(20));
         metrics.fastly_request("purge_all", Some(429), Duration::from_millis(20));
         metrics.fastly_request("tokens_self", None, Duration::from_millis(20));

@@ -18,7 +18,7 @@ use super::settle::{RetryPlan, Settled, reject, settle};
 use crate::broker::{Incoming, Publisher, RetryCounts};
 use crate::config::{JobLimits, RedeliverySettings};
 use crate::gateway::CallError;
-use crate::job::{Job, decode, validate};
+use crate::job::{Job, JobResult, decode, validate};
 use crate::telemetry::Metrics;
 
 /// Everything one delivery needs; shared by all deliveries of a worker.
@@ -76,7 +76,6 @@ impl Pipeline {
                 Err(panic) => panicked(panic.as_ref()),
             };
             let (outcome, retry) = self.plan_retry(&incoming, outcome);
-            log_outcome(&outcome, started);
             let result = job_result(&facts, &outcome);
             let job_type = facts.job_type.as_deref().map_or("unknown", known_type);
             // Boxed, like the execute stage, to keep each waiting delivery's future small. A
@@ -96,7 +95,7 @@ impl Pipeline {
                     reject(&incoming).await
                 }
             };
-            self.record(&outcome, retry.as_ref(), settled, job_type, started);
+            self.record(&result, retry.as_ref(), settled, job_type, started);
             if settled == Settled::NotAcked && !session.publisher.is_open() {
                 session.broken.send_replace(true);
             }
@@ -109,27 +108,30 @@ impl Pipeline {
     /// with its result (and, unless it succeeded, its dead letter).
     fn record(
         &self,
-        outcome: &Outcome,
+        result: &JobResult,
         retry: Option<&RetryPlan>,
         settled: Settled,
         job_type: &str,
         started: Instant,
     ) {
-        let code = outcome.error().map(|error| error.code);
-        match (settled, retry) {
-            (Settled::Delayed, Some(plan)) => {
-                let code = code.map_or("unknown", |code| code.as_str());
+        match (settled, retry, result.error.as_ref()) {
+            (Settled::Delayed, Some(plan), Some(error)) => {
                 self.metrics
-                    .delayed(code, &plan.queue, plan.delay, plan.counts.retries);
-                return;
+                    .delayed(error, &plan.queue, plan.delay, plan.counts.retries);
             }
-            (Settled::Acked, _) => {}
-            _ => return,
-        }
-        self.metrics
-            .job_completed(job_type, outcome.status().as_str(), started.elapsed());
-        if let Some(code) = code {
-            self.metrics.dead_lettered(code.as_str());
+            (Settled::Acked, _, error) => {
+                self.metrics.job_finished(
+                    job_type,
+                    result.status.as_str(),
+                    error,
+                    result.attempts,
+                    started.elapsed(),
+                );
+                if let Some(error) = error {
+                    self.metrics.dead_lettered(error.code.as_str());
+                }
+            }
+            _ => {}
         }
     }
 
@@ -227,35 +229,5 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> Outcome {
         error: CallError::Internal(message),
         attempts: 0,
         output: None,
-    }
-}
-
-fn log_outcome(outcome: &Outcome, started: Instant) {
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match outcome {
-        Outcome::Succeeded { attempts, .. } => {
-            // Debug, not info: a busy worker finishes thousands of jobs a second.
-            tracing::debug!(attempts, elapsed_ms, "job succeeded");
-        }
-        Outcome::Failed {
-            error, attempts, ..
-        } => {
-            tracing::warn!(
-                attempts,
-                elapsed_ms,
-                code = %error.code(),
-                http_status = error.http_status(),
-                error = %error,
-                "job failed"
-            );
-        }
-        Outcome::Rejected(rejection) => {
-            tracing::warn!(code = %rejection.code, reason = %rejection.message, "job rejected");
-        }
-        Outcome::RetryLater {
-            error, attempts, ..
-        } => {
-            tracing::warn!(attempts, elapsed_ms, code = %error.code(), error = %error, "job not done in this delivery");
-        }
     }
 }

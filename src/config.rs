@@ -80,6 +80,7 @@ pub struct BrokerSettings {
     pub delivery_limit: u32,
     /// None derives it from the batch size and the in-flight cap; see [`Settings::prefetch`].
     pub prefetch: Option<u16>,
+    pub consumers: u16,
     pub publish_timeout_ms: u64,
     pub bindings: Vec<Binding>,
 }
@@ -96,6 +97,7 @@ impl fmt::Debug for BrokerSettings {
             .field("queue_type", &self.queue_type)
             .field("delivery_limit", &self.delivery_limit)
             .field("prefetch", &self.prefetch)
+            .field("consumers", &self.consumers)
             .field("publish_timeout_ms", &self.publish_timeout_ms)
             .field("bindings", &self.bindings)
             .finish()
@@ -216,7 +218,38 @@ pub struct RedeliverySettings {
     pub delivery_budget_ms: u64,
     pub max_attempts: u32,
     pub max_deferrals: u32,
+    #[serde(deserialize_with = "one_or_many")]
     pub delays_ms: Vec<u64>,
+}
+
+/// Reads a list of numbers, or a single number as a list of one: an environment variable
+/// without a comma arrives as a plain number, and values from the environment may be text.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Value(u64),
+        Text(String),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Number),
+        Many(Vec<Number>),
+    }
+    let numbers = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(number) => vec![number],
+        OneOrMany::Many(numbers) => numbers,
+    };
+    numbers
+        .into_iter()
+        .map(|number| match number {
+            Number::Value(value) => Ok(value),
+            Number::Text(text) => text.trim().parse::<u64>().map_err(|_| {
+                serde::de::Error::custom(format!("{text:?} is not a whole number of milliseconds"))
+            }),
+        })
+        .collect()
 }
 
 impl RedeliverySettings {
@@ -383,7 +416,11 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         use config::{Environment, File, FileFormat};
 
-        let vars: config::Map<String, String> = vars.into_iter().collect();
+        // FPW_CONFIG names the settings file for the command line; it is not a setting.
+        let vars: config::Map<String, String> = vars
+            .into_iter()
+            .filter(|(name, _)| name != "FPW_CONFIG")
+            .collect();
         let well_known = |name: &str| vars.get(name).cloned();
         let mut builder =
             config::Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
@@ -395,6 +432,10 @@ impl Settings {
                 Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("_")
                     .separator(ENV_SEPARATOR)
+                    // Lists come as comma-separated values: FPW_REDELIVERY__DELAYS_MS=1000,5000.
+                    .list_separator(",")
+                    .with_list_parse_key("redelivery.delays_ms")
+                    .try_parsing(true)
                     .source(Some(vars.clone())),
             )
             .set_override_option("broker.url", well_known("AMQP_URL"))?
@@ -443,6 +484,13 @@ impl Settings {
                      (set it with AMQP_URL or broker.url)",
                 )
             })?;
+        if !(1..=64).contains(&broker.consumers) {
+            return Err(invalid(
+                "broker.consumers",
+                &broker.consumers.to_string(),
+                "must be from 1 to 64",
+            ));
+        }
         if broker.prefetch == Some(0) {
             return Err(invalid(
                 "broker.prefetch",
@@ -635,10 +683,10 @@ fn read_token(
     source: &AccountSource,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<SecretString, TokenError> {
+    // A file wins over a variable: the built-in default account names FASTLY_API_TOKEN, and a
+    // settings layer can add a file but cannot remove that name.
     match (&source.token_env, &source.token_file) {
-        (Some(_), Some(_)) => Err(TokenError::Invalid(
-            "set either token_env or token_file, not both".to_owned(),
-        )),
+        (_, Some(path)) => read_token_file(path),
         (None, None) => Err(TokenError::Invalid(format!(
             "no token source: set [accounts.{account}] token_env (an environment variable name) \
              or token_file (a file path)"
@@ -650,17 +698,20 @@ fn read_token(
                  Fastly API token"
             ))),
         },
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(token) if !token.trim().is_empty() => Ok(SecretString::from(token)),
-            Ok(_) => Err(TokenError::Invalid(format!(
-                "token file {} is empty; write the account's Fastly API token into it",
-                path.display()
-            ))),
-            Err(err) => Err(TokenError::Invalid(format!(
-                "cannot read token file {}: {err}",
-                path.display()
-            ))),
-        },
+    }
+}
+
+fn read_token_file(path: &Path) -> Result<SecretString, TokenError> {
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Ok(SecretString::from(token)),
+        Ok(_) => Err(TokenError::Invalid(format!(
+            "token file {} is empty; write the account's Fastly API token into it",
+            path.display()
+        ))),
+        Err(err) => Err(TokenError::Invalid(format!(
+            "cannot read token file {}: {err}",
+            path.display()
+        ))),
     }
 }
 
@@ -803,10 +854,21 @@ mod tests {
             ("AMQP_URL", "amqp://u:p@broker:5672/vh"),
             ("FASTLY_API_URL", "http://127.0.0.1:9000"),
             ("FPW_BROKER__PREFETCH", "77"),
+            ("FPW_REDELIVERY__DELAYS_MS", "1000,5000"),
+            ("FPW_REDELIVERY__MAX_ATTEMPTS", "3"),
+            ("FPW_CONFIG", "/etc/worker.toml"),
         ]
         .map(|(name, value)| (name.to_owned(), value.to_owned()));
         let settings = Settings::load_with_env(None, env).unwrap();
         assert_eq!(settings.prefetch(), 77);
+        assert_eq!(settings.redelivery.delays_ms, [1000, 5000]);
+        assert_eq!(settings.redelivery.max_attempts, 3);
+        let single = Settings::load_with_env(
+            None,
+            [("FPW_REDELIVERY__DELAYS_MS".to_owned(), "200".to_owned())],
+        )
+        .unwrap();
+        assert_eq!(single.redelivery.delays_ms, [200]);
         assert_eq!(settings.broker.url, "amqp://u:p@broker:5672/vh");
         assert_eq!(settings.fastly.api_url, "http://127.0.0.1:9000");
     }

@@ -116,6 +116,18 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Takes `own` of `all` shares of every account's budgets, from the consumer count of the
+    /// jobs queue, and logs a change.
+    pub fn set_budget_share(&self, own: usize, all: usize) {
+        if self.limits.set_share(own, all) {
+            tracing::info!(
+                consumers = own,
+                all_consumers = all,
+                "budget share changed: this worker takes its consumers' part of every account's budgets"
+            );
+        }
+    }
+
     /// Waits for the budget of an account's class.
     pub async fn wait_for_budget(
         &self,

@@ -109,8 +109,6 @@ impl AccountLimits {
     }
 
     /// Replaces a class's quota, for example with this worker's share of the account's budget.
-    // NOTE: budgets are per worker process. Several workers of one account each take the whole
-    // configured quota, and each spreads the whole remaining write budget from the headers.
     pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings) {
         let limiter = Arc::new(RateLimiter::direct(governor_quota(quota)));
         *lock(&self.class(class).limiter) = limiter;
@@ -250,6 +248,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Returns `own / all` of `value`, rounded up and at least 1, so a small burst still admits
+/// a request.
+fn scaled(value: u32, own: usize, all: usize) -> u32 {
+    let scaled = (u64::from(value) * own as u64).div_ceil(all as u64);
+    u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
+}
+
 fn governor_quota(settings: &QuotaSettings) -> Quota {
     let per_hour = NonZeroU32::new(settings.per_hour.max(1)).expect("at least 1");
     let burst = NonZeroU32::new(settings.burst.max(1)).expect("at least 1");
@@ -261,9 +266,12 @@ fn governor_quota(settings: &QuotaSettings) -> Quota {
 }
 
 /// The budgets of every account.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Limits {
     accounts: HashMap<String, Arc<AccountLimits>>,
+    settings: Option<LimitSettings>,
+    /// The share last applied: this process's consumers, and all consumers of the queue.
+    share: Mutex<(usize, usize)>,
 }
 
 impl Limits {
@@ -281,7 +289,43 @@ impl Limits {
                     )
                 })
                 .collect(),
+            settings: Some(settings.clone()),
+            share: Mutex::new((1, 1)),
         }
+    }
+
+    /// Gives this process `own` of `all` shares of every configured budget: several workers
+    /// on one queue then stay within the account's limits together, with no coordination
+    /// beyond the consumer count of the queue. Returns whether the share changed.
+    pub fn set_share(&self, own: usize, all: usize) -> bool {
+        let own = own.max(1);
+        let all = all.max(own);
+        {
+            let mut share = lock(&self.share);
+            if *share == (own, all) {
+                return false;
+            }
+            *share = (own, all);
+        }
+        let Some(settings) = &self.settings else {
+            return false;
+        };
+        let scale = |quota: &QuotaSettings| QuotaSettings {
+            per_hour: scaled(quota.per_hour, own, all),
+            burst: scaled(quota.burst, own, all),
+        };
+        let fraction = own as f64 / all as f64;
+        for limits in self.accounts.values() {
+            for (class, quota) in [
+                (BudgetClass::Purge, &settings.purge),
+                (BudgetClass::Write, &settings.write),
+                (BudgetClass::Read, &settings.read),
+            ] {
+                limits.set_quota(class, &scale(quota));
+                lock(&limits.class(class).pacer).set_share(fraction);
+            }
+        }
+        true
     }
 
     pub fn account(&self, name: &str) -> Option<&Arc<AccountLimits>> {
@@ -411,6 +455,30 @@ mod tests {
         };
         limits.observe(BudgetClass::Write, Err(&stale));
         assert!(limits.paused_until(BudgetClass::Write).is_some());
+    }
+
+    #[test]
+    fn share_scales_quotas_up_to_one() {
+        assert_eq!(scaled(1000, 1, 3), 334);
+        assert_eq!(scaled(20, 1, 3), 7);
+        assert_eq!(scaled(1, 1, 4), 1, "a budget never drops to zero");
+        assert_eq!(scaled(1000, 2, 2), 1000);
+    }
+
+    #[tokio::test]
+    async fn shared_burst_admits_only_its_part() {
+        let limits = Limits::new(["a"], &settings(3600, 9));
+        assert!(limits.set_share(1, 3));
+        assert!(!limits.set_share(1, 3), "the same share changes nothing");
+        let account = limits.account("a").unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        for _ in 0..3 {
+            drop(account.admit(BudgetClass::Write, soon).await.unwrap());
+        }
+        assert!(
+            account.admit(BudgetClass::Write, soon).await.is_err(),
+            "a third of a burst of 9"
+        );
     }
 
     #[tokio::test]

@@ -22,6 +22,9 @@ pub struct Pacer {
     last_start: Option<Instant>,
     /// 429s in a row without a reset time, for the growing pause.
     blind_429s: u32,
+    /// This process's share of the account's budget, from 0 (exclusive) to 1. The headers show
+    /// what is left for every worker of the account, so each spreads only its share of it.
+    share: Option<f64>,
 }
 
 impl Pacer {
@@ -51,7 +54,8 @@ impl Pacer {
             self.paused_until = Some(now + until_reset);
             return;
         }
-        self.interval = Some(until_reset / u32::try_from(remaining).unwrap_or(u32::MAX));
+        let ours = (remaining as f64 * self.share.unwrap_or(1.0)).max(1.0);
+        self.interval = Some(until_reset.div_f64(ours));
     }
 
     /// Pauses the class after a 429: until the reset time when Fastly gave one, else for a
@@ -80,6 +84,11 @@ impl Pacer {
     /// Returns the end of the current pause, if the class is paused.
     pub fn paused_until(&self, now: Instant) -> Option<Instant> {
         self.paused_until.filter(|until| *until > now)
+    }
+
+    /// Sets this process's share of the budget that the headers report.
+    pub fn set_share(&mut self, share: f64) {
+        self.share = Some(share.clamp(f64::MIN_POSITIVE, 1.0));
     }
 
     /// Returns the current spacing between requests, if the headers set one.
@@ -111,6 +120,19 @@ mod tests {
         pacer.started(now);
         assert_eq!(pacer.ready_at(now), Some(now + secs(10)));
         assert_eq!(pacer.ready_at(now + secs(10)), None);
+    }
+
+    #[test]
+    fn share_of_remaining_budget_spread() {
+        let now = Instant::now();
+        let mut pacer = Pacer::default();
+        pacer.set_share(0.25);
+        pacer.observe_budget(100, secs(1000), now);
+        assert_eq!(
+            pacer.interval(),
+            Some(secs(40)),
+            "a quarter of 100 over 1000 s"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A broker session: one connection with its topology, publisher, consumer and queue-depth
-//! probe, and the consume loop that runs deliveries until shutdown or until the session breaks.
-//! The supervisor in [`super`] opens a new session after a broken one.
+//! A broker session: one connection with its topology, its consumer lanes (a consumer and a
+//! publisher each) and a queue-depth probe, and the loops that run deliveries until shutdown
+//! or until the session breaks. The supervisor in [`super`] opens a new session after a broken
+//! one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,51 +28,77 @@ pub enum SessionEnd {
 /// An open session, ready to consume.
 pub struct Session {
     connection: Arc<Connection>,
-    consumer: JobConsumer,
-    link: Arc<SessionLink>,
-    broken: watch::Receiver<bool>,
+    lanes: Vec<Lane>,
     probe: Arc<QueueProbe>,
     /// The queues whose depth is watched: jobs first, then the delay queues, then dead letters.
     queues: Vec<String>,
     poll_interval: Duration,
+    /// Consumers of this process on the jobs queue, for its share of the budgets.
+    own_consumers: usize,
+}
+
+/// One consumer of the jobs queue with a publisher of its own: a channel pair that works in
+/// parallel with the others on the broker.
+struct Lane {
+    consumer: JobConsumer,
+    link: Arc<SessionLink>,
+    broken: watch::Receiver<bool>,
+}
+
+/// How a lane ended.
+enum LaneEnd {
+    Stopped,
+    /// Another lane broke, so this one stopped without draining.
+    Aborted,
+    Broken(anyhow::Error),
 }
 
 impl Session {
-    /// Connects, declares the topology and starts consuming.
+    /// Connects, declares the topology and starts `broker.consumers` consumers.
     pub async fn open(settings: &Settings) -> Result<Session, BrokerError> {
         let broker = &settings.broker;
         let connection = Arc::new(broker::connect(broker).await?);
         broker::declare_topology(&connection, broker, &settings.retry_queues()).await?;
-        let publisher = Publisher::open(&connection, broker).await?;
         let probe = Arc::new(QueueProbe::open(Arc::clone(&connection)).await?);
         let mut queues = vec![broker.jobs_queue.clone()];
         queues.extend(settings.retry_queues());
         queues.push(broker.dead_letter_queue.clone());
-        let tag = format!("{}-{}", broker.connection_name, uuid::Uuid::new_v4());
-        let consumer = JobConsumer::start(&connection, broker, settings.prefetch(), &tag).await?;
-        let (broken_flag, broken) = watch::channel(false);
+
+        let mut lanes = Vec::with_capacity(usize::from(broker.consumers));
+        for _ in 0..broker.consumers.max(1) {
+            let publisher = Publisher::open(&connection, broker).await?;
+            let tag = format!("{}-{}", broker.connection_name, uuid::Uuid::new_v4());
+            let consumer =
+                JobConsumer::start(&connection, broker, settings.prefetch(), &tag).await?;
+            let (broken_flag, broken) = watch::channel(false);
+            lanes.push(Lane {
+                consumer,
+                link: Arc::new(SessionLink {
+                    publisher,
+                    broken: broken_flag,
+                }),
+                broken,
+            });
+        }
         Ok(Session {
             connection,
-            consumer,
-            link: Arc::new(SessionLink {
-                publisher,
-                broken: broken_flag,
-            }),
-            broken,
+            own_consumers: lanes.len(),
+            lanes,
             probe,
             queues,
             poll_interval: Duration::from_millis(settings.telemetry.queue_poll_interval_ms),
         })
     }
 
-    /// Runs each delivery in a task of its own until shutdown or until the session breaks.
+    /// Runs every lane until shutdown or until one of them breaks.
     ///
     /// On shutdown: no new deliveries, open batches go out at once, jobs in progress get up to
     /// `shutdown_timeout` to finish, and what is left is given back to the queue (nack with
-    /// requeue) for another worker. On a break, jobs in progress are dropped: their channel is
-    /// gone, RabbitMQ requeues their deliveries, and none is settled on another channel.
+    /// requeue) for another worker. When a lane breaks, the whole session ends: jobs in
+    /// progress are dropped, RabbitMQ requeues their deliveries, and none is settled on
+    /// another channel.
     pub async fn run(
-        mut self,
+        self,
         pipeline: Arc<Pipeline>,
         stopped: &mut watch::Receiver<bool>,
         shutdown_timeout: Duration,
@@ -81,75 +108,114 @@ impl Session {
             Arc::clone(&self.probe),
             self.queues.clone(),
             self.poll_interval,
+            self.own_consumers,
             Arc::clone(&pipeline),
         ));
-        let mut in_progress = JoinSet::new();
-        let broken = loop {
-            // Reap finished tasks so the set does not grow with every delivery.
-            while let Some(finished) = in_progress.try_join_next() {
-                if let Err(err) = finished {
-                    tracing::error!(error = %err, "a job task ended abnormally");
-                }
+        let (abort, aborted) = watch::channel(false);
+        let mut lanes = JoinSet::new();
+        for lane in self.lanes {
+            lanes.spawn(run_lane(
+                lane,
+                Arc::clone(&pipeline),
+                stopped.clone(),
+                aborted.clone(),
+                shutdown_timeout,
+            ));
+        }
+        let mut end = SessionEnd::Stopped;
+        while let Some(finished) = lanes.join_next().await {
+            let cause = match finished {
+                Ok(LaneEnd::Broken(cause)) => cause,
+                Ok(LaneEnd::Stopped | LaneEnd::Aborted) => continue,
+                Err(err) => anyhow::anyhow!("a consumer lane ended abnormally: {err}"),
+            };
+            if matches!(end, SessionEnd::Stopped) {
+                abort.send_replace(true);
+                end = SessionEnd::Broken(cause);
             }
-            tokio::select! {
-                _ = super::signalled(stopped) => break None,
-                _ = super::signalled(&mut self.broken) => {
-                    break Some(anyhow::anyhow!("the publisher channel closed"));
-                }
-                delivery = self.consumer.next() => match delivery {
-                    Some(Ok(incoming)) => {
-                        let pipeline = Arc::clone(&pipeline);
-                        let link = Arc::clone(&self.link);
-                        in_progress.spawn(async move { pipeline.process(incoming, &link).await });
-                    }
-                    Some(Err(err)) => break Some(anyhow::Error::new(err).context("the consumer failed")),
-                    None => break Some(anyhow::anyhow!("the broker cancelled the consumer or closed its channel")),
-                },
-            }
-        };
+        }
         watcher.abort();
-
-        if let Some(err) = broken {
-            // Dropping the tasks drops their deliveries unsettled; the broker requeues them.
-            in_progress.abort_all();
+        if matches!(end, SessionEnd::Broken(_)) {
             batcher.set_behind(false);
             let _ = self.connection.close(200, "session broken".into()).await;
-            return SessionEnd::Broken(err);
-        }
-
-        tracing::info!(
-            in_progress = in_progress.len(),
-            "stopping: no new deliveries, sending open batches, finishing jobs in progress"
-        );
-        if let Err(err) = self.consumer.cancel().await {
-            tracing::warn!(error = %err, "cannot cancel the consumer");
-        }
-        batcher.set_flushing(true);
-        let drained = tokio::time::timeout(shutdown_timeout, async {
-            while in_progress.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                unfinished = in_progress.len(),
-                timeout_ms = shutdown_timeout.as_millis() as u64,
-                "shutdown timeout reached, giving unfinished deliveries back to the queue"
-            );
-            in_progress.abort_all();
-        }
-        // Deliveries still unacked (unfinished jobs, and deliveries received but never started)
-        // go back to the queue now rather than when the channel closes.
-        if let Err(err) = self.consumer.requeue_unacked().await {
-            tracing::warn!(error = %err, "cannot give unacked deliveries back; they return when the channel closes");
+            return end;
         }
         // Close the channels before the connection: a channel still closing when the connection
         // closes makes lapin log a spurious connection error.
-        self.consumer.close().await;
-        self.link.publisher.close().await;
         self.probe.close().await;
         let _ = self.connection.close(200, "worker stopped".into()).await;
-        SessionEnd::Stopped
+        end
     }
+}
+
+/// Runs the deliveries of one consumer, each in a task of its own, until shutdown, until the
+/// session aborts, or until this lane breaks.
+async fn run_lane(
+    mut lane: Lane,
+    pipeline: Arc<Pipeline>,
+    mut stopped: watch::Receiver<bool>,
+    mut aborted: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) -> LaneEnd {
+    let mut in_progress = JoinSet::new();
+    let ended = loop {
+        // Reap finished tasks so the set does not grow with every delivery.
+        while let Some(finished) = in_progress.try_join_next() {
+            if let Err(err) = finished {
+                tracing::error!(error = %err, "a job task ended abnormally");
+            }
+        }
+        tokio::select! {
+            _ = super::signalled(&mut stopped) => break LaneEnd::Stopped,
+            _ = super::signalled(&mut aborted) => break LaneEnd::Aborted,
+            _ = super::signalled(&mut lane.broken) => {
+                break LaneEnd::Broken(anyhow::anyhow!("the publisher channel closed"));
+            }
+            delivery = lane.consumer.next() => match delivery {
+                Some(Ok(incoming)) => {
+                    let pipeline = Arc::clone(&pipeline);
+                    let link = Arc::clone(&lane.link);
+                    in_progress.spawn(async move { pipeline.process(incoming, &link).await });
+                }
+                Some(Err(err)) => break LaneEnd::Broken(anyhow::Error::new(err).context("the consumer failed")),
+                None => break LaneEnd::Broken(anyhow::anyhow!("the broker cancelled the consumer or closed its channel")),
+            },
+        }
+    };
+    if !matches!(ended, LaneEnd::Stopped) {
+        // Dropping the tasks drops their deliveries unsettled; the broker requeues them.
+        in_progress.abort_all();
+        return ended;
+    }
+
+    tracing::info!(
+        in_progress = in_progress.len(),
+        "stopping: no new deliveries, sending open batches, finishing jobs in progress"
+    );
+    if let Err(err) = lane.consumer.cancel().await {
+        tracing::warn!(error = %err, "cannot cancel the consumer");
+    }
+    pipeline.executor.batcher.set_flushing(true);
+    let drained = tokio::time::timeout(shutdown_timeout, async {
+        while in_progress.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            unfinished = in_progress.len(),
+            timeout_ms = shutdown_timeout.as_millis() as u64,
+            "shutdown timeout reached, giving unfinished deliveries back to the queue"
+        );
+        in_progress.abort_all();
+    }
+    // Deliveries still unacked (unfinished jobs, and deliveries received but never started)
+    // go back to the queue now rather than when the channel closes.
+    if let Err(err) = lane.consumer.requeue_unacked().await {
+        tracing::warn!(error = %err, "cannot give unacked deliveries back; they return when the channel closes");
+    }
+    lane.consumer.close().await;
+    lane.link.publisher.close().await;
+    LaneEnd::Stopped
 }
 
 /// Reads the depth of the worker's queues at every interval, for the queue metrics, and tells
@@ -159,6 +225,7 @@ async fn watch_queues(
     probe: Arc<QueueProbe>,
     queues: Vec<String>,
     interval: Duration,
+    own_consumers: usize,
     pipeline: Arc<Pipeline>,
 ) {
     let batcher: &Batcher<Arc<Gateway>> = &pipeline.executor.batcher;
@@ -174,6 +241,13 @@ async fn watch_queues(
                         .queue_depth(queue, status.messages, status.consumers);
                     if index == 0 {
                         batcher.set_behind(status.messages as usize >= pipeline.backlog_threshold);
+                        // This process's share of every budget: its consumers among all the
+                        // consumers of the queue, which includes other processes' ones.
+                        let all = (status.consumers as usize).max(own_consumers);
+                        pipeline
+                            .executor
+                            .gateway
+                            .set_budget_share(own_consumers, all);
                     }
                 }
                 Err(err) => {

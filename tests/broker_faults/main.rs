@@ -13,6 +13,7 @@ mod world;
 mod chaos;
 mod crash;
 mod reconnect;
+mod sharing;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

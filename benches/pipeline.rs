@@ -5,11 +5,12 @@
 //!    reply per message with confirms and acks it;
 //! 2. the worker with default settings draining a backlog of one-key purge_keys jobs (10
 //!    services, random keys, a quarter soft) from a simulator that answers in 20 ms;
-//! 3. the worker at a steady rate of jobs, measuring latency from publish to result.
+//! 3. the worker at a steady rate of jobs, measuring latency from publish to result;
+//! 4. 1, 2 and 4 worker processes draining one backlog together.
 //!
 //! It prints a JSON report and writes it, with a table, into docs/benchmarks.md. Sizes can be
 //! lowered for a quick look: BENCH_BACKLOG (default 100000), BENCH_RATE (jobs/s, default 1000),
-//! BENCH_STEADY_SECS (default 30). BENCH_PREFETCH overrides the worker's prefetch in the backlog
+//! BENCH_STEADY_SECS (default 30), BENCH_SCALE_BACKLOG (default 50000). BENCH_PREFETCH overrides the worker's prefetch in the backlog
 //! run, to see how memory and requests follow it.
 
 use std::collections::HashMap;
@@ -120,6 +121,15 @@ async fn run() {
         steady_open.max_ms
     );
 
+    let scale_backlog = env_number("BENCH_SCALE_BACKLOG", 50_000) as usize;
+    let mut scaling = Vec::new();
+    for workers in [1, 2, 4] {
+        eprintln!("4/4 {workers} worker process(es) draining {scale_backlog} jobs");
+        let rate = scaled_run(&connection, &sim, scale_backlog, workers).await;
+        eprintln!("    {rate:.0} jobs/s");
+        scaling.push(json!({"workers": workers, "jobs": scale_backlog, "jobs_per_second": rate.round()}));
+    }
+
     let report = json!({
         "machine": machine(),
         "settings": {"prefetch": prefetch, "linger_ms": linger_ms, "simulator_latency_ms": SIM_LATENCY.as_millis() as u64,
@@ -128,6 +138,7 @@ async fn run() {
         "backlog": drained.to_json(ceiling.per_second),
         "steady_default_budgets": steady_default.to_json(),
         "steady_unthrottled": steady_open.to_json(),
+        "scaling": scaling,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     write_report(&report);
@@ -297,6 +308,29 @@ async fn backlog_run(connection: &Connection, sim: &Simulator, count: usize) -> 
         peak_rss_mib,
         cpu_seconds_per_10k: cpu_seconds * 10_000.0 / count as f64,
     }
+}
+
+/// Fills the jobs queue, starts `workers` worker processes on it, and returns jobs per second
+/// until every result is in.
+async fn scaled_run(connection: &Connection, sim: &Simulator, count: usize, workers: usize) -> f64 {
+    let prefix = format!("bench.scale.{}", short_id());
+    let settings = queue_settings(&prefix);
+    declare_worker_queues(&settings).await;
+    let channel = connection.create_channel().await.unwrap();
+    publish_many(&channel, &settings.broker.jobs_queue, count, |index| {
+        serde_json::to_vec(&random_job(index)).unwrap()
+    })
+    .await;
+    sim.reset();
+    let started = Instant::now();
+    let mut children: Vec<Child> = (0..workers).map(|_| start_worker(sim, &prefix, &[])).collect();
+    wait_for_depth(connection, &settings.broker.results_queue, count).await;
+    let seconds = started.elapsed().as_secs_f64();
+    for child in &mut children {
+        stop_worker(child);
+    }
+    delete_worker_queues(connection, &settings).await;
+    count as f64 / seconds
 }
 
 struct Steady {
@@ -729,7 +763,8 @@ fn write_report(report: &Value) {
 | peak RSS (backlog) | {rss} MiB |\n\
 | CPU seconds per 10,000 jobs (backlog) | {cpu_s} |\n\
 | steady {rate} jobs/s, default budgets: p50 / p99 / max | {dp50} / {dp99} / {dmax} ms |\n\
-| steady {rate} jobs/s, purge budget unthrottled: p50 / p99 / max | {op50} / {op99} / {omax} ms |\n\n\
+| steady {rate} jobs/s, purge budget unthrottled: p50 / p99 / max | {op50} / {op99} / {omax} ms |\n\
+| 1 / 2 / 4 worker processes, backlog of {scale_jobs} jobs | {s1} / {s2} / {s4} jobs/s |\n\n\
 ```json\n{json}\n```\n",
         date = m["date"].as_str().unwrap_or_default(),
         cpu = m["cpu"].as_str().unwrap_or_default(),
@@ -751,6 +786,10 @@ fn write_report(report: &Value) {
         op50 = o["p50_ms"],
         op99 = o["p99_ms"],
         omax = o["max_ms"],
+        scale_jobs = report["scaling"][0]["jobs"],
+        s1 = whole(&report["scaling"][0]["jobs_per_second"]),
+        s2 = whole(&report["scaling"][1]["jobs_per_second"]),
+        s4 = whole(&report["scaling"][2]["jobs_per_second"]),
         json = serde_json::to_string_pretty(report).unwrap(),
     );
     let updated = format!("{}{start}{table}{}", &page[..from], &page[to..]);

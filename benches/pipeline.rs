@@ -127,7 +127,9 @@ async fn run() {
         eprintln!("4/4 {workers} worker process(es) draining {scale_backlog} jobs");
         let rate = scaled_run(&connection, &sim, scale_backlog, workers).await;
         eprintln!("    {rate:.0} jobs/s");
-        scaling.push(json!({"workers": workers, "jobs": scale_backlog, "jobs_per_second": rate.round()}));
+        scaling.push(
+            json!({"workers": workers, "jobs": scale_backlog, "jobs_per_second": rate.round()}),
+        );
     }
 
     let report = json!({
@@ -323,7 +325,9 @@ async fn scaled_run(connection: &Connection, sim: &Simulator, count: usize, work
     .await;
     sim.reset();
     let started = Instant::now();
-    let mut children: Vec<Child> = (0..workers).map(|_| start_worker(sim, &prefix, &[])).collect();
+    let mut children: Vec<Child> = (0..workers)
+        .map(|_| start_worker(sim, &prefix, &[]))
+        .collect();
     wait_for_depth(connection, &settings.broker.results_queue, count).await;
     let seconds = started.elapsed().as_secs_f64();
     for child in &mut children {

@@ -14,7 +14,8 @@
 //! - [`retry`] decides attempts and backoff for Fastly requests.
 //! - [`worker`] runs the pipeline that takes a delivery from decode to settle.
 //! - [`sim`] is a local Fastly API simulator for tests, demos and benchmarks.
-//! - [`telemetry`] sets up logging.
+//! - [`telemetry`] sets up logging, holds the metrics, and serves `/metrics`, `/healthz` and
+//!   `/readyz`.
 //! - [`cli`] is the command line (`run`, `enqueue`, `simulate-fastly`, `check`).
 
 pub mod batch;

@@ -6,14 +6,12 @@ use std::time::{Duration, Instant};
 
 use fastly_purge_worker::sim::{SimConfig, SimToken, Simulator};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use crate::process::{WorkerProcess, command, delete_queues, with_queues};
 use crate::world::{amqp_url, test_settings, unique_prefix};
-use crate::{eventually, serial};
+use crate::{consume_results, declare_queues, eventually, publish_jobs, serial};
 
 const JOBS: usize = 20_000;
 const SERVICES: usize = 10;
@@ -47,55 +45,19 @@ async fn sigkill_then_restart_loses_nothing() {
     .unwrap();
 
     // Declare the queues and fill the jobs queue before any worker runs.
+    declare_queues(&settings).await;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
-    fastly_purge_worker::broker::declare_topology(
-        &fastly_purge_worker::broker::connect(&settings.broker)
-            .await
-            .unwrap(),
-        &settings.broker,
-        &settings.retry_queues(),
-    )
-    .await
-    .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    for job in 0..JOBS {
-        let body = json!({"id": format!("job-{job}"), "type": "purge_keys",
-            "service_id": format!("Service{}", job % SERVICES), "keys": [format!("key-{job}")]});
-        drop(
-            channel
-                .basic_publish(
-                    "".into(),
-                    settings.broker.jobs_queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &serde_json::to_vec(&body).unwrap(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    channel.wait_for_confirms().await.unwrap();
+    let jobs = (0..JOBS).map(|job| {
+        json!({"id": format!("job-{job}"), "type": "purge_keys",
+            "service_id": format!("Service{}", job % SERVICES), "keys": [format!("key-{job}")]})
+    });
+    publish_jobs(&connection, &settings.broker.jobs_queue, jobs).await;
 
     // Collect results as they come, across both workers.
-    let results_channel = connection.create_channel().await.unwrap();
-    let mut results = results_channel
-        .basic_consume(
-            settings.broker.results_queue.as_str().into(),
-            "crash-results".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut results =
+        consume_results(&connection, &settings.broker.results_queue, "crash-results").await;
     let mut succeeded: HashSet<String> = HashSet::new();
     let mut redelivered = 0;
 

@@ -18,6 +18,11 @@ mod sharing;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fastly_purge_worker::config::Settings;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, Consumer};
+use serde_json::Value;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Holds the broker for one test at a time, even when the harness runs tests in parallel.
@@ -68,4 +73,62 @@ pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Declares the worker's queues of `settings` before any worker runs.
+pub async fn declare_queues(settings: &Settings) {
+    let connection = fastly_purge_worker::broker::connect(&settings.broker)
+        .await
+        .unwrap();
+    fastly_purge_worker::broker::declare_topology(
+        &connection,
+        &settings.broker,
+        &settings.retry_queues(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Publishes each job body to `queue` as a persistent message and waits for the confirms.
+pub async fn publish_jobs(connection: &Connection, queue: &str, jobs: impl Iterator<Item = Value>) {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for body in jobs {
+        // The confirms are awaited all at once below, so each single one is dropped.
+        drop(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&body).unwrap(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    channel.wait_for_confirms().await.unwrap();
+}
+
+/// Consumes the results queue without acks, under consumer tag `tag`.
+pub async fn consume_results(connection: &Connection, queue: &str, tag: &str) -> Consumer {
+    connection
+        .create_channel()
+        .await
+        .unwrap()
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
 }

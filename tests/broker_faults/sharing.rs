@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use fastly_purge_worker::sim::{SimConfig, SimToken, Simulator};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
 use crate::process::{WorkerProcess, command, delete_queues, with_queues};
 use crate::world::{amqp_url, metric, test_settings, unique_prefix};
+use crate::{consume_results, declare_queues, publish_jobs};
 
 const JOBS: usize = 30_000;
 /// purge_all jobs among them, each on a service of its own, so each is one write.
@@ -61,33 +60,16 @@ async fn completed(port: u16) -> f64 {
 
 /// Fills the jobs queue: one-key purges on ten services, and purge_all jobs spread among them.
 async fn publish_backlog(connection: &Connection, jobs_queue: &str) {
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
     let every = JOBS / WRITES;
-    for job in 0..JOBS {
-        let body = if job % every == 0 {
+    let jobs = (0..JOBS).map(|job| {
+        if job % every == 0 {
             json!({"id": format!("job-{job}"), "type": "purge_all", "service_id": format!("Write{job}")})
         } else {
             json!({"id": format!("job-{job}"), "type": "purge_keys",
                    "service_id": format!("Service{}", job % 10), "keys": [format!("key-{job}")]})
-        };
-        drop(
-            channel
-                .basic_publish(
-                    "".into(),
-                    jobs_queue.into(),
-                    BasicPublishOptions::default(),
-                    &serde_json::to_vec(&body).unwrap(),
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    channel.wait_for_confirms().await.unwrap();
+        }
+    });
+    publish_jobs(connection, jobs_queue, jobs).await;
 }
 
 struct Run {
@@ -116,35 +98,17 @@ impl Run {
         )
         .await
         .unwrap();
-        let declared = fastly_purge_worker::broker::connect(&settings.broker)
-            .await
-            .unwrap();
-        fastly_purge_worker::broker::declare_topology(
-            &declared,
-            &settings.broker,
-            &settings.retry_queues(),
-        )
-        .await
-        .unwrap();
+        declare_queues(&settings).await;
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .unwrap();
         publish_backlog(&connection, &settings.broker.jobs_queue).await;
-        let results = connection
-            .create_channel()
-            .await
-            .unwrap()
-            .basic_consume(
-                settings.broker.results_queue.as_str().into(),
-                "sharing-results".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let results = consume_results(
+            &connection,
+            &settings.broker.results_queue,
+            "sharing-results",
+        )
+        .await;
         Run {
             prefix,
             sim,

@@ -66,6 +66,16 @@ impl Drop for BrokerGuard {
     }
 }
 
+/// A guard that deletes a test's queues when dropped, so a test that fails midway does not
+/// leave its backlog on the broker.
+pub struct QueuesGuard(pub String);
+
+impl Drop for QueuesGuard {
+    fn drop(&mut self) {
+        process::delete_queues(&self.0);
+    }
+}
+
 /// Waits until `condition` holds, checking every 20 ms, or panics after `timeout`.
 pub async fn eventually(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 
-use crate::process::{WorkerProcess, command, delete_queues, with_queues};
+use crate::process::{WorkerProcess, command, with_queues};
 use crate::world::{amqp_url, metric, test_settings, unique_prefix};
-use crate::{consume_results, declare_queues, publish_jobs};
+use crate::{QueuesGuard, consume_results, declare_queues, publish_jobs};
 
 const JOBS: usize = 30_000;
 /// purge_all jobs among them, each on a service of its own, so each is one write.
@@ -78,11 +78,17 @@ struct Run {
     connection: Connection,
     results: lapin::Consumer,
     answered: HashSet<String>,
+    /// Deletes the queues also when a check fails midway. A test declares its workers after
+    /// its `Run`, so they are killed before the queues go.
+    _queues: QueuesGuard,
 }
 
 impl Run {
+    /// Starts the simulator with the account's write limit, declares the queues, publishes the
+    /// backlog and starts reading results. The workers come later, from the test.
     async fn prepare(test: &str) -> Run {
         let prefix = unique_prefix(test);
+        let queues = QueuesGuard(prefix.clone());
         let settings = test_settings(&prefix);
         let sim = Simulator::start(
             "127.0.0.1:0".parse().unwrap(),
@@ -98,23 +104,27 @@ impl Run {
         )
         .await
         .unwrap();
+
         declare_queues(&settings).await;
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .unwrap();
         publish_backlog(&connection, &settings.broker.jobs_queue).await;
+
         let results = consume_results(
             &connection,
             &settings.broker.results_queue,
             "sharing-results",
         )
         .await;
+
         Run {
             prefix,
             sim,
             connection,
             results,
             answered: HashSet::new(),
+            _queues: queues,
         }
     }
 
@@ -154,7 +164,6 @@ impl Run {
 
     async fn finish(self) {
         let _ = self.connection.close(200, "done".into()).await;
-        delete_queues(&self.prefix);
     }
 }
 

@@ -4,14 +4,14 @@
 //! 1. the broker ceiling: a minimal lapin consumer with the worker's prefetch that publishes one
 //!    reply per message with confirms and acks it;
 //! 2. the worker with default settings draining a backlog of one-key purge_keys jobs (10
-//!    services, random keys, a quarter soft) from a simulator that answers in 20 ms;
+//!    services, random keys, a quarter soft) from a simulator that replies in 20 ms;
 //! 3. the worker at a steady rate of jobs, measuring latency from publish to result;
 //! 4. 1, 2 and 4 worker processes draining one backlog together.
 //!
 //! It prints a JSON report and writes it, with a table, into docs/benchmarks.md. Sizes can be
 //! lowered for a quick look: BENCH_BACKLOG (default 100000), BENCH_RATE (jobs/s, default 1000),
-//! BENCH_STEADY_SECS (default 30), BENCH_SCALE_BACKLOG (default 50000). BENCH_PREFETCH overrides the worker's prefetch in the backlog
-//! run, to see how memory and requests follow it.
+//! BENCH_STEADY_SECS (default 30), BENCH_SCALE_BACKLOG (default 50000). BENCH_PREFETCH
+//! overrides the worker's prefetch in the backlog run, to see how memory and requests follow it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fastly_purge_worker::broker::QueueProbe;
 use fastly_purge_worker::config::Settings;
 use fastly_purge_worker::sim::{SimConfig, SimToken, Simulator};
 use futures_util::StreamExt;
@@ -70,6 +71,7 @@ async fn run() {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ must run on AMQP_URL or 127.0.0.1:5672");
+    let connection = Arc::new(connection);
 
     eprintln!("1/3 broker ceiling: {backlog} messages, prefetch {prefetch}");
     let ceiling = broker_ceiling(&connection, backlog, prefetch).await;
@@ -270,7 +272,7 @@ impl Drained {
 }
 
 /// Fills the jobs queue, then starts the worker and times it until every result is in.
-async fn backlog_run(connection: &Connection, sim: &Simulator, count: usize) -> Drained {
+async fn backlog_run(connection: &Arc<Connection>, sim: &Simulator, count: usize) -> Drained {
     let prefix = format!("bench.backlog.{}", short_id());
     let settings = queue_settings(&prefix);
     declare_worker_queues(&settings).await;
@@ -290,7 +292,7 @@ async fn backlog_run(connection: &Connection, sim: &Simulator, count: usize) -> 
     let mut worker = start_worker(sim, &prefix, &env);
     let started = Instant::now();
     // Counting by queue depth adds no consumer, so the broker does the same work as for the
-    // ceiling; the results are read after the clock stops.
+    // ceiling. The results are read after the clock stops.
     wait_for_depth(connection, &settings.broker.results_queue, count).await;
     let seconds = started.elapsed().as_secs_f64();
     let (peak_rss_mib, cpu_seconds) = process_usage(worker.id());
@@ -314,7 +316,12 @@ async fn backlog_run(connection: &Connection, sim: &Simulator, count: usize) -> 
 
 /// Fills the jobs queue, starts `workers` worker processes on it, and returns jobs per second
 /// until every result is in.
-async fn scaled_run(connection: &Connection, sim: &Simulator, count: usize, workers: usize) -> f64 {
+async fn scaled_run(
+    connection: &Arc<Connection>,
+    sim: &Simulator,
+    count: usize,
+    workers: usize,
+) -> f64 {
     let prefix = format!("bench.scale.{}", short_id());
     let settings = queue_settings(&prefix);
     declare_worker_queues(&settings).await;
@@ -438,7 +445,7 @@ async fn steady_run(
     }
 }
 
-/// A one-key purge_keys job on one of ten services, soft one time in four.
+/// Builds a one-key purge_keys job on one of ten services, soft one time in four.
 fn random_job(index: usize) -> Value {
     let service = format!("BenchService{}", index % SERVICES);
     let key = format!("key-{:016x}", rand::random::<u64>());
@@ -541,28 +548,18 @@ async fn publish_many(
     channel.wait_for_confirms().await.unwrap();
 }
 
-/// Waits until `queue` holds `count` messages, polling its depth.
-async fn wait_for_depth(connection: &Connection, queue: &str, count: usize) {
+/// Waits until `queue` contains `count` messages, polling its depth every 20 ms.
+async fn wait_for_depth(connection: &Arc<Connection>, queue: &str, count: usize) {
+    let probe = QueueProbe::open(connection.clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(900);
     while Instant::now() < deadline {
-        let channel = connection.create_channel().await.unwrap();
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = channel.close(200, "polled".into()).await;
-        if declared.message_count() as usize >= count {
+        if probe.status(queue).await.unwrap().messages as usize >= count {
+            probe.close().await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    probe.close().await;
     eprintln!("    the results did not all arrive within 900 s");
 }
 
@@ -614,6 +611,8 @@ async fn count_results(
 }
 
 /// Starts the release worker binary against the simulator and waits until it consumes.
+/// Starts the worker binary on the queues of `prefix`, with `env` on top of the defaults, and
+/// waits until it consumes jobs.
 fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
     // BENCH_WORKER_WRAPPER runs the worker under a profiler, such as valgrind's massif.
     let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
@@ -628,6 +627,7 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
         }
         None => Command::new(env!("CARGO_BIN_EXE_fastly-purge-worker")),
     };
+
     command
         .arg("run")
         .env("AMQP_URL", amqp_url())
@@ -648,6 +648,7 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
     for (name, value) in env {
         command.env(name, value);
     }
+
     let mut child = command.spawn().expect("the worker binary starts");
     let stderr = child.stderr.take().unwrap();
     let (ready, ready_seen) = std::sync::mpsc::channel();
@@ -660,6 +661,7 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
             }
         }
     });
+
     ready_seen
         .recv_timeout(Duration::from_secs(60))
         .expect("the worker starts consuming");

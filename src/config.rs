@@ -109,7 +109,7 @@ impl BrokerSettings {
         Duration::from_millis(self.publish_timeout_ms)
     }
 
-    /// The AMQP URL with its password replaced, for logs and messages.
+    /// Returns the AMQP URL with its password replaced, for logs and messages.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
@@ -315,7 +315,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where an account's token comes from. Exactly one field must be set.
+/// The source of an account's token. Exactly one field must be set.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountSource {

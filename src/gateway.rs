@@ -16,7 +16,7 @@ use crate::limits::{AccountLimits, Admission, BudgetClass, Limits, OverBudget};
 use crate::retry::{RetryPolicy, full_jitter};
 use crate::telemetry::Metrics;
 
-/// Why a request did not succeed.
+/// The reason a request did not succeed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     #[error(transparent)]
@@ -63,7 +63,7 @@ impl CallError {
     }
 }
 
-/// How a request ended, with the attempts it took.
+/// The outcome of a request, with the attempts it took.
 #[derive(Debug)]
 pub struct Called<T> {
     pub result: Result<T, CallError>,
@@ -149,8 +149,8 @@ impl Gateway {
     }
 
     /// Returns the error to give up with at once when the account's class admits no request
-    /// before `deadline` (a pause, or the spacing of the remaining budget), so a job does not
-    /// wait for a budget it cannot get in time.
+    /// before `deadline`, because of a pause or the spacing of the remaining budget. A job then
+    /// does not wait for a budget it cannot get in time.
     pub fn unavailable_past(
         &self,
         account: &str,
@@ -201,7 +201,7 @@ impl Gateway {
                 None => match limits.admit(class, deadline).await {
                     Ok(permit) => permit,
                     Err(over) => {
-                        // After a failure, Fastly's own error says more than the budget.
+                        // After a failure, Fastly's own error is more useful to the producer than the budget's.
                         let result = match last_error {
                             Some(err) => Err(CallError::Fastly(err)),
                             None => Err(CallError::OverBudget {
@@ -249,7 +249,7 @@ impl Gateway {
             };
             let delay = match err.class() {
                 ErrorClass::Permanent => None,
-                // The budget's pause after a 429 holds the next admission; jitter spreads it.
+                // The budget's pause after a 429 delays the next admission, and jitter spreads it.
                 ErrorClass::Transient | ErrorClass::RateLimited => ceilings.next().map(full_jitter),
             };
             let Some(delay) = delay.filter(|delay| Instant::now() + *delay < deadline) else {

@@ -1,5 +1,5 @@
 //! fastly-purge-worker: a RabbitMQ consumer that purges Fastly content (by surrogate key, by
-//! URL, or everything of a service), answers inspection jobs, and publishes a result for
+//! URL, or everything of a service), runs inspection jobs, and publishes a result for
 //! every job.
 //!
 //! The crate, by responsibility:

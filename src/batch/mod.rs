@@ -1,10 +1,10 @@
 //! Batching: surrogate-key purges of concurrent jobs coalesced into shared bulk requests per
 //! (account, service, soft), and purge_all jobs of one service coalesced into one request.
 //!
-//! Jobs submit their keys and wait; one dispatcher per account and budget class seals the
+//! Jobs submit their keys and wait. One dispatcher per account and budget class seals the
 //! oldest ready batch once the budget admits a request, so batches keep filling while the
-//! budget or the in-flight cap holds them back. How requests are sent is the [`Dispatch`]
-//! implementation's business: this module knows no HTTP.
+//! budget or the in-flight cap delays them. The [`Dispatch`] implementation sends the requests,
+//! so this module does not depend on HTTP.
 
 mod state;
 
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::job::ServiceId;
 
-/// What a sent batch returned.
+/// The reply to a sent batch.
 #[derive(Debug)]
 pub enum Sent<E> {
     Keys {
@@ -45,7 +45,7 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Waits until the budget of the queue's account and class admits one request.
     fn admit(&self, queue: &QueueKey) -> BoxFuture<'static, Self::Permit>;
 
-    /// Sends one sealed batch, with retries as the implementation sees fit.
+    /// Sends one sealed batch, with retries as the implementation decides.
     fn send(&self, batch: Sealed, permit: Self::Permit) -> BoxFuture<'static, Sent<Self::Error>>;
 
     /// Builds the error of a batch whose sending panicked.
@@ -237,7 +237,7 @@ async fn run_dispatcher<D: Dispatch>(shared: Arc<Shared<D>>, queue: QueueKey, no
                 }
             }
             Next::Ready(_) => {
-                // Keys keep joining the batch while the budget holds it back.
+                // Keys keep joining the batch while the budget delays it.
                 let permit = shared.dispatch.admit(&queue).await;
                 let sealed = {
                     let mut state = lock(&shared.state);
@@ -308,7 +308,7 @@ mod tests {
 
     use super::*;
 
-    /// Records the batches it sends and answers every key with an id.
+    /// A dispatcher that records the batches it sends and returns an id for every key.
     #[derive(Default)]
     struct Recorder {
         sent: Mutex<Vec<Sealed>>,

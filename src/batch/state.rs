@@ -38,7 +38,7 @@ impl BatchKind {
     }
 }
 
-/// How a job's surrogate keys ended.
+/// The outcome of a job's surrogate keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeysResult<E> {
     /// Keys purged by a bulk request, with their purge ids.
@@ -64,7 +64,7 @@ impl<E> Default for KeysResult<E> {
     }
 }
 
-/// How a job that waited in the batcher ended.
+/// The outcome of a job that waited in the batcher.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolution<E> {
     Keys(KeysResult<E>),
@@ -96,7 +96,7 @@ pub enum Next {
     Idle,
 }
 
-/// Which dispatcher sends a batch: one per account and budget class.
+/// The key of a dispatcher queue: one dispatcher per account and budget class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QueueKey {
     pub account: Arc<str>,
@@ -122,7 +122,7 @@ struct PendingJob<E> {
     remaining: usize,
     resolution: Resolution<E>,
     reply: oneshot::Sender<Resolution<E>>,
-    /// Where the job waits: each batch with the key it waits on (empty for a purge_all).
+    /// The batches the job waits on, each with its key (an empty key for a purge_all).
     places: Vec<(BatchId, String)>,
 }
 
@@ -756,6 +756,7 @@ mod tests {
         );
         let (_, mut bystander, _) =
             state.submit_keys(&account(), &service("S2"), false, keys(&["z"]), now);
+
         let later = now + LINGER;
         let mut sealed = Vec::new();
         while let Next::Ready(id) = state.next_ready(&queue(false), later) {
@@ -768,12 +769,14 @@ mod tests {
                 state.complete_keys(batch.id, Ok(ids_for(batch)), 1);
             }
         }
+
         let Resolution::Keys(result) = job.try_recv().unwrap() else {
             panic!()
         };
         assert_eq!(result.failed, ["a", "b"]);
         assert_eq!(result.purge_ids.keys().collect::<Vec<_>>(), ["c"]);
         assert_eq!(result.error.as_deref(), Some("503"));
+
         let Resolution::Keys(other) = bystander.try_recv().unwrap() else {
             panic!()
         };

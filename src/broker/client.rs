@@ -202,11 +202,11 @@ impl JobProducer {
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
-                what: "the job".to_owned(),
+                message: "the job".to_owned(),
                 queue: self.jobs_queue.clone(),
             }),
             Confirmation::Nack(_) | Confirmation::NotRequested => Err(BrokerError::Nacked {
-                what: "the job".to_owned(),
+                message: "the job".to_owned(),
             }),
         }
     }

@@ -2,8 +2,9 @@
 //! publishing results, dead letters and delayed retries with publisher confirms, acks, and the
 //! producer side used by the command line.
 //!
-//! This is the only module that uses lapin. The worker sees an [`Incoming`] delivery and a
-//! [`Publisher`]; it never touches an AMQP type. It knows nothing of Fastly.
+//! Apart from the worker session, which owns the connection and closes it, this is the only
+//! module that uses lapin. The pipeline handles an [`Incoming`] delivery and a [`Publisher`],
+//! never an AMQP type. This module does not depend on Fastly.
 
 mod client;
 mod consume;
@@ -43,12 +44,12 @@ pub enum BrokerError {
     },
     #[error("{action} failed: {cause}")]
     Amqp { action: String, cause: lapin::Error },
-    #[error("RabbitMQ did not confirm {what} within {timeout_ms} ms")]
-    ConfirmTimeout { what: String, timeout_ms: u64 },
-    #[error("RabbitMQ rejected {what} (publisher nack)")]
-    Nacked { what: String },
-    #[error("no queue named {queue:?} took {what}; was it deleted?")]
-    Unroutable { what: String, queue: String },
+    #[error("RabbitMQ did not confirm {message} within {timeout_ms} ms")]
+    ConfirmTimeout { message: String, timeout_ms: u64 },
+    #[error("RabbitMQ rejected {message} (publisher nack)")]
+    Nacked { message: String },
+    #[error("no queue named {queue:?} took {message}; was it deleted?")]
+    Unroutable { message: String, queue: String },
 }
 
 impl BrokerError {

@@ -22,7 +22,7 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// Where a result goes.
+/// The destination of a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResultTarget {
     /// The job's reply_to queue, through the default exchange.
@@ -42,7 +42,7 @@ pub struct RetryLetter<'a> {
     pub message: &'a str,
 }
 
-/// Why a message went to the dead-letter queue; written into its headers.
+/// The reason a message went to the dead-letter queue, written into its headers.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
     pub job_id: Option<&'a str>,
@@ -148,7 +148,7 @@ impl Publisher {
     /// Publishes a copy of the delivery to the dead-letter queue and waits for the confirm.
     ///
     /// Body and properties are the original ones, so an operator can replay the message, with
-    /// headers added that say why it failed. The copy is persistent and has no expiration, so
+    /// headers added that record why it failed. The copy is persistent and has no expiration, so
     /// the dead letter is neither discarded nor lost on a broker restart.
     pub async fn dead_letter(
         &self,
@@ -157,15 +157,16 @@ impl Publisher {
     ) -> Result<(), BrokerError> {
         let mut headers = incoming.properties.headers().clone().unwrap_or_default();
         // A dead letter replayed to the jobs queue starts its retries afresh.
-        let mut kept = headers.inner().clone();
+        let mut entries = headers.inner().clone();
         for counter in [
             RETRY_COUNT_HEADER,
             ATTEMPT_COUNT_HEADER,
             REQUEST_ATTEMPTS_HEADER,
         ] {
-            kept.remove(counter);
+            entries.remove(counter);
         }
-        headers = kept.into();
+        headers = entries.into();
+
         if let Some(job_id) = reason.job_id {
             headers.insert("x-job-id".into(), long_string(job_id));
         }
@@ -177,6 +178,7 @@ impl Publisher {
             AMQPValue::LongLongInt(i64::from(reason.attempts)),
         );
         headers.insert("x-failed-at".into(), long_string(&now_rfc3339()));
+
         let properties = copy_for_republish(incoming, headers);
         self.publish(
             "a dead letter",
@@ -223,14 +225,14 @@ impl Publisher {
     /// that no queue took is an error, so nothing is acked on the strength of a lost publish.
     async fn publish(
         &self,
-        what: &str,
+        message: &str,
         queue: &str,
         body: &[u8],
         properties: BasicProperties,
         mandatory: bool,
     ) -> Result<(), BrokerError> {
         let routing_key = ShortString::try_new(queue).map_err(|_| BrokerError::Unroutable {
-            what: what.to_owned(),
+            message: message.to_owned(),
             queue: queue.chars().take(64).collect(),
         })?;
         let options = BasicPublishOptions {
@@ -242,25 +244,27 @@ impl Publisher {
                 .channel
                 .basic_publish("".into(), routing_key, options, body, properties)
                 .await
-                .map_err(BrokerError::amqp(format!("publishing {what} to {queue:?}")))?;
+                .map_err(BrokerError::amqp(format!(
+                    "publishing {message} to {queue:?}"
+                )))?;
             confirm.await.map_err(BrokerError::amqp(format!(
-                "waiting for the confirm of {what}"
+                "waiting for the confirm of {message}"
             )))
         };
         let confirmation = tokio::time::timeout(self.timeout, send_and_confirm)
             .await
             .map_err(|_| BrokerError::ConfirmTimeout {
-                what: format!("{what} to {queue:?}"),
+                message: format!("{message} to {queue:?}"),
                 timeout_ms: self.timeout.as_millis() as u64,
             })??;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable {
-                what: what.to_owned(),
+                message: message.to_owned(),
                 queue: queue.to_owned(),
             }),
             Confirmation::Nack(_) => Err(BrokerError::Nacked {
-                what: format!("{what} to {queue:?}"),
+                message: format!("{message} to {queue:?}"),
             }),
         }
     }

@@ -46,8 +46,8 @@ fn is_retry_queue(settings: &BrokerSettings, queue: &str) -> bool {
         .is_some_and(|level| !level.is_empty() && level.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// A delay queue: a message waits there until its per-message TTL ends, then RabbitMQ
-/// dead-letters it back to the jobs queue. Nothing consumes it.
+/// Builds the arguments of a delay queue. A message waits there until its per-message TTL
+/// ends, then RabbitMQ dead-letters it back to the jobs queue. Nothing consumes it.
 fn retry_queue_arguments(settings: &BrokerSettings) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -60,8 +60,8 @@ fn retry_queue_arguments(settings: &BrokerSettings) -> FieldTable {
         long_string(&settings.jobs_queue),
     );
     if settings.queue_type == QueueType::Quorum {
-        // Quorum queues dead-letter at most once unless told otherwise; at-least-once needs
-        // the reject-publish overflow mode, so a message is never dropped on its way back.
+        // Quorum queues dead-letter at most once by default. At-least-once needs the
+        // reject-publish overflow mode, so a message is never dropped on its way back.
         arguments.insert(
             "x-dead-letter-strategy".into(),
             long_string("at-least-once"),

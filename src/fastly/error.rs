@@ -37,7 +37,7 @@ pub enum FastlyError {
     InvalidRequest(String),
 }
 
-/// What to do about a failed request.
+/// The handling a failed request calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Worth another attempt: 408, 5xx, timeouts, connection and transport errors.
@@ -88,7 +88,7 @@ impl FastlyError {
         }
     }
 
-    /// The result error code for a job that failed with this error.
+    /// Returns the result error code for a job that failed with this error.
     pub fn code(&self) -> ErrorCode {
         match self {
             FastlyError::Status { status, .. } => match status.as_u16() {

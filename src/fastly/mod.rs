@@ -2,7 +2,7 @@
 //! headers, and errors classified for retrying ([`FastlyError::class`]).
 //!
 //! The client makes exactly one HTTP request per call and never retries; the worker decides
-//! what to do with an error. It knows nothing of the broker. The API token reaches it only as
+//! what to do with an error. It does not depend on the broker. The API token reaches it only as
 //! the sensitive `Fastly-Key` header value of an [`Account`].
 
 mod error;
@@ -210,7 +210,7 @@ impl FastlyClient {
             .await
     }
 
-    /// Reads what Fastly knows of the token itself: scopes, services, expiry.
+    /// Reads Fastly's record of the token itself: scopes, services, expiry.
     pub async fn token_self(&self, account: &Account) -> Result<Reply<Value>, FastlyError> {
         self.get_json(account, "/tokens/self", "tokens/self").await
     }

@@ -1,7 +1,7 @@
 //! The job contract: what producers send ([`Job`]), how a message becomes one ([`decode`], then
 //! [`validate`]), the stable error codes, and the result the worker publishes ([`JobResult`]).
 //!
-//! This module knows neither the broker nor HTTP. The broker hands it bytes and a few message
+//! This module depends on neither the broker nor HTTP. The broker hands it bytes and a few message
 //! properties ([`MessageMeta`]); the Fastly client receives the validated types.
 
 mod decode;
@@ -24,7 +24,7 @@ pub struct Job {
     pub kind: JobKind,
 }
 
-/// What a job asks for, with its validated fields.
+/// The operation a job requests, with its validated fields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobKind {
     /// Purge surrogate keys of one service. Keys are unique, in their first order.
@@ -205,7 +205,7 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// Why a message or job was rejected before any Fastly request.
+/// The reason a message or job was rejected before any Fastly request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct Rejection {

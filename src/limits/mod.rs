@@ -5,7 +5,7 @@
 //! Fastly limits writes per user per hour (1,000 by default) and counts key and URL purges
 //! against a separate, larger budget; reads are not limited. Every Fastly request passes
 //! [`AccountLimits::admit`] before it is sent and reports its reply to
-//! [`AccountLimits::observe`]. This module knows nothing of jobs.
+//! [`AccountLimits::observe`]. This module does not depend on jobs.
 
 mod pacer;
 
@@ -413,7 +413,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_waiting_for_a_place_respect_a_new_pause() {
+    async fn waiting_requests_respect_new_pause() {
         let limits = Arc::new(AccountLimits::new("a", &settings(360_000, 100)));
         let first = limits.admit(BudgetClass::Write, far()).await.unwrap();
         // Two (the cap) are in flight; a third waits for a place.
@@ -484,13 +484,13 @@ mod tests {
     #[tokio::test]
     async fn in_flight_capped() {
         let limits = AccountLimits::new("a", &settings(360_000, 100));
-        let one = limits.admit(BudgetClass::Read, far()).await.unwrap();
-        let two = limits.admit(BudgetClass::Purge, far()).await.unwrap();
+        let first = limits.admit(BudgetClass::Read, far()).await.unwrap();
+        let second = limits.admit(BudgetClass::Purge, far()).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(30);
         assert!(limits.admit(BudgetClass::Write, soon).await.is_err());
-        drop(one);
+        drop(first);
         let later = Instant::now() + Duration::from_millis(30);
         assert!(limits.admit(BudgetClass::Write, later).await.is_ok());
-        drop(two);
+        drop(second);
     }
 }

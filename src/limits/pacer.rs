@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Longest pause after a 429 that carried no reset time; repeated 429s double the pause up to it.
+/// Maximum pause after a 429 that carried no reset time. Repeated 429s double the pause up to it.
 pub const MAX_BLIND_PAUSE: Duration = Duration::from_secs(60);
 /// First pause after a 429 without a reset time.
 pub const FIRST_BLIND_PAUSE: Duration = Duration::from_secs(1);

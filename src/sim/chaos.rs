@@ -6,7 +6,7 @@
 //! - random 500, 502 and 503 replies (`error_rate`), only for authenticated requests;
 //! - connection resets (`reset_rate`): the TCP connection is closed with a reset and no reply;
 //! - hangs (`hang_rate`): the request is held for `hang`, then the connection is closed without
-//!   a reply or the reply is sent, as `after_hang` says;
+//!   a reply or the reply is sent, as `after_hang` selects;
 //! - slow replies (`slow_rate`): the reply is sent `slow` later than usual;
 //! - 429 storms (`storm`): periods in which every write, and optionally every key and URL
 //!   purge, gets Fastly's hourly-limit 429.

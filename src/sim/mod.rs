@@ -123,6 +123,13 @@ impl Simulator {
         self.state.requests()
     }
 
+    /// Returns the recorded requests whose path, query included, equals `path`, in arrival order.
+    pub fn requests_to(&self, path: &str) -> Vec<RecordedRequest> {
+        let mut requests = self.state.requests();
+        requests.retain(|request| request.path == path);
+        requests
+    }
+
     /// Empties the request log. The counters keep their values.
     pub fn clear_requests(&self) {
         self.state.clear_requests();

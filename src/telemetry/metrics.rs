@@ -75,6 +75,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Creates every metric, registered under the `fastly_purge_worker` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("fastly_purge_worker");
         let metrics = Metrics {
@@ -102,107 +103,117 @@ impl Metrics {
             log_limiter: LogLimiter::new(Duration::from_secs(10)),
             registry: Registry::default(),
         };
-        let r = &mut registry;
-        r.register(
+
+        // Jobs.
+        registry.register(
             "jobs_received",
             "Jobs received, by type",
             metrics.jobs_received.clone(),
         );
-        r.register(
+        registry.register(
             "jobs_completed",
             "Jobs that got their result, by type and status",
             metrics.jobs_completed.clone(),
         );
-        r.register(
+        registry.register(
             "job_duration_seconds",
             "Time from receiving a job to its result",
             metrics.job_duration.clone(),
         );
-        r.register(
+
+        // Fastly requests and budgets.
+        registry.register(
             "fastly_requests",
             "Fastly API requests, by endpoint and status class",
             metrics.requests.clone(),
         );
-        r.register(
+        registry.register(
             "fastly_request_duration_seconds",
             "Duration of Fastly API requests",
             metrics.request_duration.clone(),
         );
-        r.register(
+        registry.register(
             "fastly_retries",
             "Fastly requests retried in-process",
             metrics.retries.clone(),
         );
-        r.register(
+        registry.register(
             "fastly_rate_limited",
             "Fastly replies with status 429, by account and budget class",
             metrics.rate_limited.clone(),
         );
-        r.register(
+        registry.register(
             "rate_limit_remaining",
             "Fastly-RateLimit-Remaining of the last reply that carried it",
             metrics.rate_limit_remaining.clone(),
         );
-        r.register(
+        registry.register(
             "budget_wait_seconds",
             "Time requests waited for the budget and an in-flight place",
             metrics.budget_wait.clone(),
         );
-        r.register(
+
+        // Batches and delivery ends.
+        registry.register(
             "batch_keys",
             "Surrogate keys per bulk purge request",
             metrics.batch_keys.clone(),
         );
-        r.register(
+        registry.register(
             "keys_purged",
             "Surrogate keys purged by bulk requests",
             metrics.keys_purged.clone(),
         );
-        r.register(
+        registry.register(
             "jobs_dead_lettered",
             "Jobs published to the dead-letter queue, by error code",
             metrics.dead_lettered.clone(),
         );
-        r.register(
+        registry.register(
             "jobs_delayed",
             "Jobs sent to a delay queue for a later attempt, by error code",
             metrics.delayed.clone(),
         );
-        r.register(
+        registry.register(
             "fastly_requests_in_flight",
             "Fastly requests in flight, by account",
             metrics.in_flight.clone(),
         );
-        r.register(
+
+        // Broker and queues.
+        registry.register(
             "broker_connected",
             "1 while a broker session consumes jobs",
             metrics.broker_connected.clone(),
         );
-        r.register(
+        registry.register(
             "broker_reconnects",
             "Broker sessions opened after a broken one",
             metrics.broker_reconnects.clone(),
         );
-        r.register(
+        registry.register(
             "queue_messages_ready",
             "Messages ready in the worker's queues (passive declare)",
             metrics.queue_ready.clone(),
         );
-        r.register(
+        registry.register(
             "queue_consumers",
             "Consumers of the worker's queues (passive declare)",
             metrics.queue_consumers.clone(),
         );
-        r.register(
+
+        // Tokens.
+        registry.register(
             "token_expiry_timestamp_seconds",
             "When each account's token expires, for tokens that expire",
             metrics.token_expiry.clone(),
         );
-        r.register(
+        registry.register(
             "token_valid",
             "1 unless the account's token is known to be invalid or expired",
             metrics.token_valid.clone(),
         );
+
         Metrics {
             registry,
             ..metrics
@@ -224,8 +235,8 @@ impl Metrics {
 
     /// Logs and counts a job that got its result, and observes its duration. Failures and
     /// rejections are logged as warnings, at most once every ten seconds per job type and
-    /// error code; successes only at debug level, since a busy worker finishes thousands of
-    /// jobs a second.
+    /// error code. Successes are logged only at debug level, because a busy worker finishes
+    /// thousands of jobs a second.
     pub fn job_finished(
         &self,
         job_type: &str,
@@ -277,7 +288,7 @@ impl Metrics {
     }
 
     /// Logs and counts a request retried in-process. Repeats of the same endpoint and cause
-    /// are logged at most once every ten seconds, with the number left out.
+    /// are logged at most once every ten seconds, with the count of the lines left out.
     pub fn fastly_retry(
         &self,
         account: &str,
@@ -408,8 +419,8 @@ impl Metrics {
             .set(i64::from(consumers));
     }
 
-    /// Records what Fastly said of an account's token: its expiry, and whether it works.
-    /// `problem` names why it does not (expired, rejected by Fastly).
+    /// Records what Fastly reported about an account's token: its expiry, and whether it
+    /// works. `problem` names the reason it does not (expired, rejected by Fastly).
     pub fn token_status(&self, account: &str, expires_at: Option<i64>, problem: Option<&str>) {
         match expires_at {
             Some(at) => {

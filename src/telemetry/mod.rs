@@ -39,15 +39,16 @@ pub fn init_logging(settings: &LogSettings) {
     let _ = installed;
 }
 
-/// Lets a log line through at most once per interval and key, counting the ones held back, so
-/// a fault repeated thousands of times does not flood the log.
+/// A filter that lets a log line through at most once per interval and key and counts the
+/// suppressed ones, so a fault repeated thousands of times does not flood the log.
 pub struct LogLimiter {
     interval: Duration,
     last: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl LogLimiter {
-    /// Most distinct keys remembered; past it, the oldest are forgotten.
+    /// Number of distinct keys above which keys not logged within the interval are forgotten.
+    /// Keys logged within the interval stay, so the map can hold more while many faults repeat.
     const MAX_KEYS: usize = 1024;
 
     pub fn new(interval: Duration) -> LogLimiter {
@@ -57,23 +58,23 @@ impl LogLimiter {
         }
     }
 
-    /// Returns the number of lines held back since the last one let through, when this one may
-    /// be logged; `None` when it must be held back.
+    /// Returns the number of lines suppressed since the last one was logged, when this one may
+    /// be logged. Returns `None` when it must be suppressed.
     pub fn allow(&self, key: &str) -> Option<u64> {
         let now = Instant::now();
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, held_back)) = last.get_mut(key) {
-            if now.duration_since(*at) < self.interval {
-                *held_back += 1;
+        if let Some((logged_at, suppressed)) = last.get_mut(key) {
+            if now.duration_since(*logged_at) < self.interval {
+                *suppressed += 1;
                 return None;
             }
-            let held = *held_back;
-            *at = now;
-            *held_back = 0;
-            return Some(held);
+            let count = *suppressed;
+            *logged_at = now;
+            *suppressed = 0;
+            return Some(count);
         }
         if last.len() >= Self::MAX_KEYS {
             let interval = self.interval;
@@ -89,7 +90,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repeats_held_back_and_counted() {
+    fn repeats_suppressed_and_counted() {
         let limiter = LogLimiter::new(Duration::from_millis(50));
         assert_eq!(limiter.allow("a"), Some(0));
         assert_eq!(limiter.allow("a"), None);

@@ -1,5 +1,5 @@
-//! Accounts as the worker sees them: each configured account with what `GET /tokens/self` said
-//! about its token, and the authorization step of the pipeline (account known, scope held,
+//! The worker's view of accounts: each configured account with what `GET /tokens/self`
+//! returned about its token, and the authorization step of the pipeline (account known, scope held,
 //! service covered) that runs before any Fastly request.
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use crate::gateway::Gateway;
 use crate::job::{ErrorCode, Job, Rejection};
 use crate::limits::BudgetClass;
 
-/// An account and, when Fastly told us, its token's scopes, services and expiry.
+/// An account and, once Fastly returned them, its token's scopes, services and expiry.
 #[derive(Debug, Clone)]
 pub struct AccountEntry {
     pub account: Account,

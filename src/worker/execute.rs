@@ -71,7 +71,7 @@ impl Executor {
     async fn read<T, F, Fut>(
         &self,
         account: &Account,
-        what: &str,
+        endpoint: &str,
         deadline: Instant,
         request: F,
     ) -> Called<T>
@@ -80,7 +80,14 @@ impl Executor {
         Fut: Future<Output = Result<crate::fastly::Reply<T>, FastlyError>>,
     {
         self.gateway
-            .call(account, BudgetClass::Read, what, deadline, None, request)
+            .call(
+                account,
+                BudgetClass::Read,
+                endpoint,
+                deadline,
+                None,
+                request,
+            )
             .await
     }
 
@@ -348,9 +355,9 @@ fn purge_ids_of(output: &Value) -> impl Iterator<Item = &str> {
 
 /// Returns `subset` in the order the items have in `all`, so lists read like the job.
 fn in_job_order(all: &[String], subset: &[String]) -> Vec<String> {
-    let wanted: HashSet<&str> = subset.iter().map(String::as_str).collect();
+    let members: HashSet<&str> = subset.iter().map(String::as_str).collect();
     all.iter()
-        .filter(|item| wanted.contains(item.as_str()))
+        .filter(|item| members.contains(item.as_str()))
         .cloned()
         .collect()
 }

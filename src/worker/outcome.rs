@@ -6,14 +6,14 @@ use serde_json::Value;
 use crate::gateway::{CallError, Called};
 use crate::job::{JobResult, Rejection, ResultError, Status};
 
-/// How a job ended.
+/// The outcome of a job.
 #[derive(Debug)]
 pub enum Outcome {
     Succeeded {
         output: Value,
         attempts: u32,
     },
-    /// Fastly refused, or the job could not be done within its deliveries. `output` carries
+    /// Fastly rejected a request, or the job could not be done within its deliveries. `output` carries
     /// what was done when part of the job succeeded.
     Failed {
         error: CallError,
@@ -28,7 +28,7 @@ pub enum Outcome {
     RetryLater {
         error: CallError,
         attempts: u32,
-        /// What was done, kept for the failed result if no attempt is left.
+        /// The partial output, kept for the failed result if no attempt is left.
         output: Option<Value>,
     },
 }
@@ -81,7 +81,7 @@ impl Outcome {
         }
     }
 
-    /// The result error, when the job did not succeed.
+    /// Returns the result error, when the job did not succeed.
     pub fn error(&self) -> Option<ResultError> {
         match self {
             Outcome::Succeeded { .. } => None,
@@ -125,7 +125,7 @@ impl Outcome {
     }
 }
 
-/// What the result says about the job besides its outcome.
+/// The fields of a result that describe the job, apart from its outcome.
 #[derive(Debug, Clone)]
 pub struct JobFacts {
     pub job_id: Option<String>,

@@ -1,6 +1,6 @@
 //! The path of one delivery: decode, validate, authorize, execute, then publish the result and
-//! settle. Each stage is a function with a typed input and output; a stage that ends the job
-//! early returns an [`Outcome`] and the rest are skipped.
+//! settle. Each stage is a function with a typed input and output. A stage that ends the job
+//! early returns an [`Outcome`], and the rest are skipped.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -36,8 +36,8 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
 }
 
-/// What a delivery needs of the broker session it came from. A new session after a reconnect
-/// has its own, so a delivery is never settled through a channel other than its own.
+/// The parts of the broker session that a delivery came from and is settled through. A new
+/// session after a reconnect has its own, so a delivery is never settled on another channel.
 pub struct SessionLink {
     pub publisher: Publisher,
     /// Set when the publisher's channel is closed, which ends the session.
@@ -152,7 +152,7 @@ impl Pipeline {
             .job_received(envelope.job_type.as_deref().map_or("unknown", known_type));
         facts.job_id = Some(envelope.job_id.clone());
         facts.job_type = envelope.job_type.clone();
-        // An account field that is not a string is rejected below; the result says null.
+        // An account field that is not a string is rejected below, and the result shows null.
         let account_valid = envelope.fields.get("account").is_none_or(|a| a.is_string());
         facts.account = account_valid.then(|| envelope.account.clone());
         let span = tracing::Span::current();

@@ -16,7 +16,7 @@ use crate::broker::{self, BrokerError, JobConsumer, Publisher, QueueProbe};
 use crate::config::Settings;
 use crate::gateway::Gateway;
 
-/// How a session ended.
+/// The reason a session ended.
 #[derive(Debug)]
 pub enum SessionEnd {
     /// Shutdown was asked for and the session drained.
@@ -45,7 +45,7 @@ struct Lane {
     broken: watch::Receiver<bool>,
 }
 
-/// How a lane ended.
+/// The reason a consumer lane ended.
 enum LaneEnd {
     Stopped,
     /// Another lane broke, so this one stopped without draining.
@@ -111,6 +111,7 @@ impl Session {
             self.own_consumers,
             Arc::clone(&pipeline),
         ));
+
         let (abort, aborted) = watch::channel(false);
         let mut lanes = JoinSet::new();
         for lane in self.lanes {
@@ -122,6 +123,7 @@ impl Session {
                 shutdown_timeout,
             ));
         }
+
         let mut end = SessionEnd::Stopped;
         while let Some(finished) = lanes.join_next().await {
             let cause = match finished {
@@ -134,6 +136,7 @@ impl Session {
                 end = SessionEnd::Broken(cause);
             }
         }
+
         watcher.abort();
         if matches!(end, SessionEnd::Broken(_)) {
             batcher.set_behind(false);
@@ -218,8 +221,8 @@ async fn run_lane(
     LaneEnd::Stopped
 }
 
-/// Reads the depth of the worker's queues at every interval, for the queue metrics, and tells
-/// the batcher when the worker is behind: when at least a full batch of jobs waits in the jobs
+/// Reads the depth of the worker's queues at every interval, for the queue metrics, and marks
+/// the batcher as behind: when at least a full batch of jobs waits in the jobs
 /// queue, unconsumed. Batches then wait up to the backlog linger and go out full.
 async fn watch_queues(
     probe: Arc<QueueProbe>,

@@ -7,7 +7,7 @@ use super::outcome::{JobFacts, Outcome};
 use crate::broker::{DeadLetter, Incoming, Publisher, RetryCounts, RetryLetter};
 use crate::job::{JobResult, Status};
 
-/// How settling ended.
+/// The end state of a delivery after settling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
     /// Acked after its result (and dead letter) was published.
@@ -19,7 +19,7 @@ pub enum Settled {
     NotAcked,
 }
 
-/// Where a job to be retried goes.
+/// The delay queue, delay and counters of a job to be retried.
 #[derive(Debug, Clone)]
 pub struct RetryPlan {
     pub queue: String,

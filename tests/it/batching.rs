@@ -11,13 +11,7 @@ use serde_json::json;
 use crate::world::{World, WorldBuilder, header};
 
 fn purges_of(world: &World, service: &str) -> Vec<fastly_purge_worker::sim::RecordedRequest> {
-    let path = format!("/service/{service}/purge");
-    world
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == path)
-        .collect()
+    world.sim.requests_to(&format!("/service/{service}/purge"))
 }
 
 async fn world_with_linger(test: &str, linger_ms: u64) -> World {
@@ -162,11 +156,7 @@ async fn purge_all_jobs_coalesce_and_cover_keys() {
         json!(["k1", "k2"])
     );
 
-    let requests = world.sim.requests();
-    let purge_all_requests = requests
-        .iter()
-        .filter(|r| r.path == "/service/S1/purge_all")
-        .count();
+    let purge_all_requests = world.sim.requests_to("/service/S1/purge_all").len();
     assert_eq!(
         purge_all_requests, 1,
         "four waiting purge_all jobs share one request"

@@ -21,9 +21,8 @@ async fn server_errors_retried_then_success() {
     assert_eq!(reply.result.attempts, 3);
     let purges = world
         .sim
-        .requests()
+        .requests_to("/service/S1/purge")
         .into_iter()
-        .filter(|r| r.path == "/service/S1/purge")
         .map(|r| r.status)
         .collect::<Vec<_>>();
     assert_eq!(purges, [503, 503, 200]);
@@ -46,12 +45,7 @@ async fn retries_exhausted_fail_and_dead_letter() {
     // 4 attempts in-process (fastly.retry.max_attempts) in each of 2 deliveries
     // (redelivery.max_attempts), the second one after a trip through the delay queue.
     assert_eq!(reply.result.attempts, 8);
-    let purge_alls = world
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/service/S1/purge_all")
-        .count();
+    let purge_alls = world.sim.requests_to("/service/S1/purge_all").len();
     assert_eq!(purge_alls, 8);
     let error = reply.result.error.as_ref().unwrap();
     assert_eq!(error.code, ErrorCode::FastlyServerError);
@@ -84,12 +78,7 @@ async fn forbidden_not_retried() {
     let error = reply.result.error.as_ref().unwrap();
     assert_eq!(error.code, ErrorCode::FastlyForbidden);
     assert_eq!(error.http_status, Some(403));
-    let purges = world
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/service/S1/purge")
-        .count();
+    let purges = world.sim.requests_to("/service/S1/purge").len();
     assert_eq!(purges, 1);
     assert_eq!(world.dead_letters(1).await.len(), 1);
     world.finish().await;
@@ -187,12 +176,7 @@ async fn full_reply_queue_result_goes_to_results_queue() {
 
     let counts = world.stop_and_count().await;
     assert_eq!(counts.jobs, 0);
-    let purge_alls = world
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/service/S1/purge_all")
-        .count();
+    let purge_alls = world.sim.requests_to("/service/S1/purge_all").len();
     assert_eq!(
         purge_alls, 1,
         "the job runs once, not again for every failed publish"

@@ -91,12 +91,7 @@ async fn keys_over_256_split_into_two_requests() {
     assert_eq!(reply.result.status, Status::Succeeded, "{}", reply.json);
     let purge_ids = reply.json["output"]["purge_ids"].as_object().unwrap();
     assert_eq!(purge_ids.len(), 257);
-    let purges: Vec<_> = world
-        .sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.path == "/service/SVC1/purge")
-        .collect();
+    let purges = world.sim.requests_to("/service/SVC1/purge");
     assert_eq!(purges.len(), 2);
     let mut sizes: Vec<usize> = purges.iter().map(|r| r.surrogate_keys().len()).collect();
     sizes.sort();

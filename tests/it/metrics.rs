@@ -1,5 +1,5 @@
 //! Metrics and health: after a known cycle of jobs, the counters moved by exactly the right
-//! amounts, and the health endpoints answer.
+//! amounts, and the health endpoints respond.
 
 use fastly_purge_worker::job::Status;
 use fastly_purge_worker::sim::Fault;
@@ -142,7 +142,7 @@ async fn health_endpoints_answer() {
 #[tokio::test]
 async fn rejected_token_makes_worker_not_ready() {
     let mut builder = WorldBuilder::new("bad_token");
-    // The simulator knows no such token, so tokens/self answers 401.
+    // The simulator has no such token, so tokens/self returns 401.
     builder
         .accounts
         .insert("stale".to_owned(), "unknown-token".to_owned());

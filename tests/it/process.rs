@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 /// Path of the binary under test, built by cargo for the integration tests.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_fastly-purge-worker");
 
-/// A command for the binary with a clean environment for settings: no config file, no `FPW_`
-/// variables inherited from the developer's shell.
+/// Builds a command for the binary with a clean environment for settings: no config file, no
+/// `FPW_` variables inherited from the developer's shell.
 pub fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BINARY);
     command.args(args);

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use fastly_purge_worker::broker::QueueProbe;
 use fastly_purge_worker::config::{Account, Config, QueueType, Settings};
 use fastly_purge_worker::job::JobResult;
 use fastly_purge_worker::sim::{SimConfig, SimToken, Simulator};
@@ -27,7 +28,7 @@ pub const RESULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const TOKEN: &str = "test-token-default";
 
 /// Returns the AMQP URL of the broker the tests use: `AMQP_URL` when set, else the local
-/// broker on 127.0.0.1:5672 when it answers, else a container (feature `testcontainers`).
+/// broker on 127.0.0.1:5672 when it accepts connections, else a container (feature `testcontainers`).
 pub fn amqp_url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
@@ -287,8 +288,9 @@ pub struct Reply {
 
 /// The test's own broker client: publishes jobs, consumes its private reply queue.
 pub struct Client {
-    pub connection: Connection,
+    pub connection: Arc<Connection>,
     pub channel: Channel,
+    probe: QueueProbe,
     pub jobs_queue: String,
     pub reply_queue: String,
     replies: Consumer,
@@ -301,6 +303,8 @@ impl Client {
         let connection = Connection::connect(&settings.broker.url, ConnectionProperties::default())
             .await
             .unwrap();
+        let connection = Arc::new(connection);
+        let probe = QueueProbe::open(connection.clone()).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -333,6 +337,7 @@ impl Client {
         Client {
             connection,
             channel,
+            probe,
             jobs_queue: settings.broker.jobs_queue.clone(),
             reply_queue: queue.name().as_str().to_owned(),
             replies,
@@ -370,7 +375,7 @@ impl Client {
         assert!(confirm.is_ack(), "the broker did not confirm the job");
     }
 
-    /// Properties for a raw message that should be answered on the private queue.
+    /// Returns the properties of a raw message whose result goes to the private queue.
     pub fn reply_properties(&self, correlation: &str) -> BasicProperties {
         BasicProperties::default()
             .with_reply_to(self.reply_queue.as_str().into())
@@ -412,23 +417,9 @@ impl Client {
         }
     }
 
-    /// Returns the number of messages ready in a queue (passive declare on a fresh channel,
-    /// because a missing queue closes the channel).
+    /// Returns the number of messages ready in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let channel = self.connection.create_channel().await.unwrap();
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = channel.close(200, "counted".into()).await;
-        declared.message_count()
+        self.probe.status(queue).await.unwrap().messages
     }
 
     /// Reads up to `count` messages from a queue with basic.get (acking them), waiting up to

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use serde_json::{Map, Value};
-use url::Url;
+use url::{Host, Url};
 
 use super::decode::{Envelope, json_kind, usable_id};
 use super::{ErrorCode, Job, JobKind, JobType, Rejection};
@@ -97,9 +97,26 @@ impl PurgeUrl {
             );
         }
         let host = url.host_str().unwrap_or_default();
-        // A host of dots or with empty labels would become a dot segment of the API path.
-        if host.is_empty() || host.split('.').any(str::is_empty) && !host.starts_with('[') {
-            return Err(format!("has the invalid host {host:?}"));
+        if let Some(Host::Domain(domain)) = url.host() {
+            // A host of dots or with empty labels would become a dot segment of the API path.
+            if domain.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "has the invalid host {domain:?}; a host name has no empty labels"
+                ));
+            }
+            // The URL parser decodes percent escapes in the host, so "%7b" arrives here as '{',
+            // which the HTTP client would encode again and so change the API path.
+            if let Some(bad) = domain
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            {
+                return Err(format!(
+                    "has the host {domain:?} with the character {bad:?}; a host name holds only \
+                     letters, digits, '-', '_' and '.'"
+                ));
+            }
+        } else if host.is_empty() {
+            return Err("has no host; give the host name the content is served under".to_owned());
         }
 
         let mut host_port = host.to_owned();
@@ -545,16 +562,27 @@ mod tests {
     }
 
     #[test]
-    fn url_hosts_of_dots_rejected() {
+    fn invalid_url_hosts_rejected() {
         for bad in [
             "http://../service/abc/purge_all",
             "http://%2e%2e/service/abc/purge/k",
             "http://./x",
             "http://a..b/x",
             "http://.example.com/",
+            "http://%7b/",
+            "http://a%22b/x",
+            "http://a`b/x",
+            "https://ex}ample.com/",
+            "http://a!b.example/",
         ] {
             assert!(PurgeUrl::parse(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            PurgeUrl::parse("http://%41pi_1.Example.com/x")
+                .unwrap()
+                .host,
+            "api_1.example.com"
+        );
         assert!(PurgeUrl::parse("http://[::1]:8080/x").is_ok());
         assert!(PurgeUrl::parse("http://127.0.0.1/x").is_ok());
     }

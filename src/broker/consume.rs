@@ -217,46 +217,49 @@ impl Incoming {
 
     /// Acknowledges the delivery on the channel that delivered it.
     pub async fn ack(&self) -> Result<(), BrokerError> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map(|_| ())
-            .map_err(BrokerError::amqp(format!(
-                "acking delivery {}",
-                self.delivery_tag
-            )))
+        let sent = self.acker.ack(BasicAckOptions::default()).await;
+        self.settled("acking", sent)
     }
 
     /// Rejects the delivery without requeueing it, so RabbitMQ dead-letters it through the
     /// jobs queue's dead-letter exchange. For a job whose result or dead letter the broker
     /// would not take: running it again could not fix that, and a loop would repeat its purges.
     pub async fn reject(&self) -> Result<(), BrokerError> {
-        self.acker
+        let sent = self
+            .acker
             .nack(BasicNackOptions {
                 requeue: false,
                 ..BasicNackOptions::default()
             })
-            .await
-            .map(|_| ())
-            .map_err(BrokerError::amqp(format!(
-                "rejecting delivery {}",
-                self.delivery_tag
-            )))
+            .await;
+        self.settled("rejecting", sent)
     }
 
     /// Gives the delivery back to the queue for this or another worker.
     pub async fn requeue(&self) -> Result<(), BrokerError> {
-        self.acker
+        let sent = self
+            .acker
             .nack(BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()
             })
-            .await
-            .map(|_| ())
-            .map_err(BrokerError::amqp(format!(
-                "requeueing delivery {}",
-                self.delivery_tag
-            )))
+            .await;
+        self.settled("requeueing", sent)
+    }
+
+    /// Converts lapin's result into an error unless the ack or nack was sent. lapin returns
+    /// `false`, sending nothing, when the delivery's channel has closed or it was settled before.
+    fn settled(&self, action: &str, sent: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
+        match sent {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BrokerError::ChannelClosed {
+                action: format!("{action} delivery {}", self.delivery_tag),
+            }),
+            Err(cause) => Err(BrokerError::Amqp {
+                action: format!("{action} delivery {}", self.delivery_tag),
+                cause,
+            }),
+        }
     }
 }
 

@@ -48,6 +48,12 @@ pub enum BrokerError {
     ConfirmTimeout { message: String, timeout_ms: u64 },
     #[error("RabbitMQ rejected {message} (publisher nack)")]
     Nacked { message: String },
+    /// The channel of a delivery closed before it was acked or rejected.
+    #[error(
+        "{action} failed: the channel that delivered it is closed, so RabbitMQ delivers the job \
+         again"
+    )]
+    ChannelClosed { action: String },
     #[error("no queue named {queue:?} took {message}; was it deleted?")]
     Unroutable { message: String, queue: String },
 }

@@ -4,6 +4,7 @@
 
 mod batching;
 mod cli;
+mod consumer;
 mod failures;
 mod hostile;
 mod jobs;

@@ -2,14 +2,12 @@
 
 use fastly_purge_worker::config::{Binding, QueueType};
 use fastly_purge_worker::job::Status;
-use lapin::options::{
-    BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 
-use crate::world::{WorldBuilder, amqp_url, test_settings, unique_prefix};
+use crate::world::{WorldBuilder, amqp_url, delete_worker_queues, test_settings, unique_prefix};
 
 #[tokio::test]
 async fn conflicting_queue_named_in_error() {
@@ -48,17 +46,7 @@ async fn conflicting_queue_named_in_error() {
     );
 
     let channel = connection.create_channel().await.unwrap();
-    let mut queues = vec![
-        settings.broker.jobs_queue.clone(),
-        settings.broker.results_queue.clone(),
-        settings.broker.dead_letter_queue.clone(),
-    ];
-    queues.extend(settings.retry_queues());
-    for queue in &queues {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
+    delete_worker_queues(&channel, &settings).await;
 }
 
 #[tokio::test]

@@ -187,7 +187,7 @@ pub struct World {
 impl Drop for World {
     fn drop(&mut self) {
         if !self.finished {
-            crate::process::delete_named_queues(self.queue_names());
+            crate::process::delete_named_queues(worker_queue_names(&self.settings));
         }
     }
 }
@@ -241,33 +241,36 @@ impl World {
         }
     }
 
-    /// Returns the names of every queue of the world.
-    fn queue_names(&self) -> Vec<String> {
-        let broker = &self.settings.broker;
-        let mut queues = vec![
-            broker.jobs_queue.clone(),
-            broker.results_queue.clone(),
-            broker.dead_letter_queue.clone(),
-        ];
-        queues.extend(self.settings.retry_queues());
-        queues
-    }
-
     /// Stops the worker and deletes the world's queues.
     pub async fn finish(mut self) {
         self.finished = true;
         if let Some(worker) = self.worker.take() {
             worker.shutdown().await.unwrap();
         }
-        for queue in &self.queue_names() {
-            let _ = self
-                .client
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
+        delete_worker_queues(&self.client.channel, &self.settings).await;
         let _ = self.client.connection.close(200, "test done".into()).await;
         // The simulator stops when the world is dropped.
+    }
+}
+
+/// Returns the names of the jobs, results, dead-letter and delay queues of `settings`.
+pub fn worker_queue_names(settings: &Settings) -> Vec<String> {
+    let broker = &settings.broker;
+    let mut queues = vec![
+        broker.jobs_queue.clone(),
+        broker.results_queue.clone(),
+        broker.dead_letter_queue.clone(),
+    ];
+    queues.extend(settings.retry_queues());
+    queues
+}
+
+/// Deletes the jobs, results, dead-letter and delay queues of `settings`, with any messages.
+pub async fn delete_worker_queues(channel: &Channel, settings: &Settings) {
+    for queue in &worker_queue_names(settings) {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
 }
 

@@ -5,7 +5,7 @@ use fastly_purge_worker::job::Status;
 use fastly_purge_worker::sim::Fault;
 use serde_json::json;
 
-use crate::world::{WorldBuilder, metric, scrape};
+use crate::world::{WorldBuilder, metric, scrape, scrape_until};
 
 const P: &str = "fastly_purge_worker_";
 
@@ -33,7 +33,10 @@ async fn counters_follow_a_job_cycle() {
     assert_eq!(token.result.status, Status::Succeeded);
 
     let worker = world.worker.as_ref().unwrap();
-    let text = scrape(worker).await;
+    let text = scrape_until(worker, |text| {
+        metric(text, &format!("{P}jobs_completed_total"), &[]) == 4.0
+    })
+    .await;
     let value = |name: &str, labels: &[(&str, &str)]| metric(&text, &format!("{P}{name}"), labels);
 
     assert_eq!(

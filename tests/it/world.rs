@@ -454,6 +454,21 @@ fn correlation_of(reply: &Reply) -> Option<&str> {
 }
 
 /// Scrapes a worker's metrics endpoint.
+/// Scrapes the metrics until `ready` holds for them, for at most two seconds, and returns the
+/// last scrape. A job's counters move after its delivery is acked, which can be a moment after
+/// its result arrives.
+pub async fn scrape_until(worker: &WorkerHandle, ready: impl Fn(&str) -> bool) -> String {
+    let mut text = scrape(worker).await;
+    for _ in 0..100 {
+        if ready(&text) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape(worker).await;
+    }
+    text
+}
+
 pub async fn scrape(worker: &WorkerHandle) -> String {
     let addr = worker
         .telemetry_addr()

@@ -60,6 +60,17 @@ pub enum Waited<T> {
     TimedOut(T),
 }
 
+/// The end of waiting for a purge_all.
+#[derive(Debug)]
+pub enum PurgeAllWaited<E> {
+    Done {
+        result: Result<(), E>,
+        attempts: u32,
+    },
+    /// The deadline passed first. `attempts` is at least 1 when the request was in flight.
+    TimedOut { attempts: u32 },
+}
+
 struct Shared<D: Dispatch> {
     state: Mutex<State<D::Error>>,
     dispatch: D,
@@ -133,24 +144,28 @@ impl<D: Dispatch> Batcher<D> {
     }
 
     /// Purges everything of a service, sharing the request with other purge_all jobs of the
-    /// service that wait at the same time. Returns `None` when not done before `deadline`; the
-    /// purge_all is then not sent for this job.
+    /// service that wait at the same time. When the deadline passes first, the purge_all is not
+    /// sent for this job unless its request was already in flight.
     pub async fn purge_all(
         &self,
         account: &Arc<str>,
         service: &ServiceId,
         deadline: Instant,
-    ) -> Option<(Result<(), D::Error>, u32)> {
+    ) -> PurgeAllWaited<D::Error> {
         let (job, receiver) = self
             .state()
             .submit_purge_all(account, service, Instant::now());
         self.wake(State::<D::Error>::queue_of(account, BatchKind::PurgeAll));
         match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(Resolution::PurgeAll { result, attempts })) => Some((result, attempts)),
-            _ => {
-                self.state().withdraw(job);
-                None
+            Ok(Ok(Resolution::PurgeAll { result, attempts })) => {
+                PurgeAllWaited::Done { result, attempts }
             }
+            _ => match self.state().withdraw(job) {
+                Some(Resolution::PurgeAll { attempts, .. }) => {
+                    PurgeAllWaited::TimedOut { attempts }
+                }
+                _ => PurgeAllWaited::TimedOut { attempts: 0 },
+            },
         }
     }
 
@@ -429,11 +444,10 @@ mod tests {
             .purge_keys(&account, &service, false, vec!["a".to_owned()], deadline)
             .await;
         assert!(matches!(waited, Waited::TimedOut(_)));
+        let waited = batcher.purge_all(&account, &service, deadline).await;
         assert!(
-            batcher
-                .purge_all(&account, &service, deadline)
-                .await
-                .is_none()
+            matches!(waited, PurgeAllWaited::TimedOut { attempts: 0 }),
+            "{waited:?}"
         );
         assert_eq!(batcher.waiting_jobs(), 0);
     }

@@ -537,14 +537,17 @@ impl<E: Clone> State<E> {
     /// Takes a job out that stopped waiting, and returns what it had got so far (purge ids of
     /// finished batches, errors). Its keys leave the batches not yet sealed, and a batch left
     /// without any key or job is dropped, so nothing is sent for a job that is no longer there.
-    /// Keys in sealed batches are purged anyway.
+    /// Keys in sealed batches are purged anyway, and a job with any of them in flight counts
+    /// at least one attempt, because a request was sent for it.
     pub fn withdraw(&mut self, job: JobId) -> Option<Resolution<E>> {
-        let pending = self.jobs.remove(&job)?;
+        let mut pending = self.jobs.remove(&job)?;
+        let mut in_flight = false;
         for (batch_id, key) in &pending.places {
             let Some(batch) = self.batches.get_mut(batch_id) else {
                 continue;
             };
             if batch.sealed {
+                in_flight = true;
                 continue;
             }
             if let Some(jobs) = batch.waiters.get_mut(key) {
@@ -558,6 +561,13 @@ impl<E: Clone> State<E> {
                 self.unqueue(*batch_id);
                 self.batches.remove(batch_id);
             }
+        }
+        if in_flight {
+            let attempts = match &mut pending.resolution {
+                Resolution::Keys(result) => &mut result.attempts,
+                Resolution::PurgeAll { attempts, .. } => attempts,
+            };
+            *attempts = (*attempts).max(1);
         }
         Some(pending.resolution)
     }
@@ -955,6 +965,40 @@ mod tests {
         // The sealed batch still completes, without a job to tell.
         state.complete_keys(second.id, Ok(ids_for(&second)), 1);
         assert_eq!(state.batches(), 0);
+    }
+
+    #[test]
+    fn withdrawn_in_flight_counts_attempt() {
+        let now = Instant::now();
+        let mut state = TestState::new(256, LINGER);
+        let (keys_job, _receiver, _) =
+            state.submit_keys(&account(), &service("S1"), false, keys(&["a"]), now);
+        let (all_job, _receiver) = state.submit_purge_all(&account(), &service("S2"), now);
+        let (waiting_job, _receiver, _) =
+            state.submit_keys(&account(), &service("S3"), false, keys(&["b"]), now);
+        // The key batch of S1 is the oldest of its queue, so it is sealed first. S3 stays unsealed.
+        let Next::Ready(first) = state.next_ready(&queue(false), now + LINGER) else {
+            panic!("the key batches are ready")
+        };
+        assert_eq!(state.seal(first).service.as_str(), "S1");
+        let Next::Ready(all) = state.next_ready(&queue(true), now + LINGER) else {
+            panic!("the purge_all is ready")
+        };
+        state.seal(all);
+
+        let Some(Resolution::Keys(keys_result)) = state.withdraw(keys_job) else {
+            panic!("the key job was waiting")
+        };
+        let Some(Resolution::PurgeAll { attempts, .. }) = state.withdraw(all_job) else {
+            panic!("the purge_all job was waiting")
+        };
+
+        assert_eq!(keys_result.attempts, 1, "its request was sent");
+        assert_eq!(attempts, 1, "its request was sent");
+        let Some(Resolution::Keys(unsent)) = state.withdraw(waiting_job) else {
+            panic!("the third job was waiting")
+        };
+        assert_eq!(unsent.attempts, 0, "nothing was sent for it");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
-use crate::batch::{Batcher, KeysResult, Waited};
+use crate::batch::{Batcher, KeysResult, PurgeAllWaited, Waited};
 use crate::config::Account;
 use crate::fastly::{FastlyError, service_list_path};
 use crate::gateway::{CallError, Called, Gateway};
@@ -179,16 +179,19 @@ impl Executor {
             };
         }
         let account_name: Arc<str> = Arc::from(account.name());
-        let Some((result, attempts)) = self
+        let (result, attempts) = match self
             .batcher
             .purge_all(&account_name, service_id, deadline)
             .await
-        else {
-            return Outcome::RetryLater {
-                error: CallError::OutOfTime,
-                attempts: 0,
-                output: None,
-            };
+        {
+            PurgeAllWaited::Done { result, attempts } => (result, attempts),
+            PurgeAllWaited::TimedOut { attempts } => {
+                return Outcome::RetryLater {
+                    error: CallError::OutOfTime,
+                    attempts,
+                    output: None,
+                };
+            }
         };
         match result {
             Ok(()) => Outcome::Succeeded {

@@ -250,15 +250,12 @@ impl Incoming {
     /// Converts lapin's result into an error unless the ack or nack was sent. lapin returns
     /// `false`, sending nothing, when the delivery's channel has closed or it was settled before.
     fn settled(&self, action: &str, sent: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
+        let action = format!("{action} delivery {}", self.delivery_tag);
         match sent {
             Ok(true) => Ok(()),
-            Ok(false) => Err(BrokerError::ChannelClosed {
-                action: format!("{action} delivery {}", self.delivery_tag),
-            }),
-            Err(cause) => Err(BrokerError::Amqp {
-                action: format!("{action} delivery {}", self.delivery_tag),
-                cause,
-            }),
+            Ok(false) if self.acker.poisoned() => Err(BrokerError::ChannelClosed { action }),
+            Ok(false) => Err(BrokerError::AlreadySettled { action }),
+            Err(cause) => Err(BrokerError::Amqp { action, cause }),
         }
     }
 }

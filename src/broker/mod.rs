@@ -54,6 +54,9 @@ pub enum BrokerError {
          again"
     )]
     ChannelClosed { action: String },
+    /// An ack or reject of a delivery that was already acked or rejected, which has no effect.
+    #[error("{action} failed: the delivery was already acked or rejected")]
+    AlreadySettled { action: String },
     #[error("no queue named {queue:?} took {message}; was it deleted?")]
     Unroutable { message: String, queue: String },
 }

@@ -163,11 +163,7 @@ async fn run_lane(
     let mut in_progress = JoinSet::new();
     let ended = loop {
         // Reap finished tasks so the set does not grow with every delivery.
-        while let Some(finished) = in_progress.try_join_next() {
-            if let Err(err) = finished {
-                tracing::error!(error = %err, "a job task ended abnormally");
-            }
-        }
+        reap(&mut in_progress);
         tokio::select! {
             _ = super::signalled(&mut stopped) => break LaneEnd::Stopped,
             _ = super::signalled(&mut aborted) => break LaneEnd::Aborted,
@@ -191,6 +187,7 @@ async fn run_lane(
         return ended;
     }
 
+    reap(&mut in_progress);
     tracing::info!(
         in_progress = in_progress.len(),
         "stopping: no new deliveries, sending open batches, finishing jobs in progress"
@@ -209,7 +206,9 @@ async fn run_lane(
             timeout_ms = shutdown_timeout.as_millis() as u64,
             "shutdown timeout reached, giving unfinished deliveries back to the queue"
         );
-        in_progress.abort_all();
+        // Wait for the aborted tasks to stop, so none acks after the nack below: an ack of a
+        // requeued delivery is an unknown delivery tag, which closes the channel.
+        in_progress.shutdown().await;
     }
     // Deliveries still unacked (unfinished jobs, and deliveries received but never started)
     // go back to the queue now rather than when the channel closes.
@@ -219,6 +218,15 @@ async fn run_lane(
     lane.consumer.close().await;
     lane.link.publisher.close().await;
     LaneEnd::Stopped
+}
+
+/// Removes the finished tasks from the set, logging any that panicked.
+fn reap(in_progress: &mut JoinSet<()>) {
+    while let Some(finished) = in_progress.try_join_next() {
+        if let Err(err) = finished {
+            tracing::error!(error = %err, "a job task ended abnormally");
+        }
+    }
 }
 
 /// Reads the depth of the worker's queues at every interval, for the queue metrics, and marks

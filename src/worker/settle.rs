@@ -124,7 +124,7 @@ async fn ack(incoming: &Incoming) -> Settled {
 /// Rejects the delivery without requeue, so RabbitMQ dead-letters it.
 pub async fn reject(incoming: &Incoming) -> Settled {
     if let Err(err) = incoming.reject().await {
-        tracing::error!(error = %err, "cannot reject the delivery; the broker delivers it again when the channel closes");
+        tracing::error!(error = %err, "cannot reject the delivery");
     }
     Settled::NotAcked
 }

@@ -265,6 +265,21 @@ pub fn worker_queue_names(settings: &Settings) -> Vec<String> {
     queues
 }
 
+/// Deletes the worker queues of its settings when dropped, so a test that fails leaves none.
+pub struct QueueCleanup(Vec<String>);
+
+impl QueueCleanup {
+    pub fn new(settings: &Settings) -> QueueCleanup {
+        QueueCleanup(worker_queue_names(settings))
+    }
+}
+
+impl Drop for QueueCleanup {
+    fn drop(&mut self) {
+        crate::process::delete_named_queues(std::mem::take(&mut self.0));
+    }
+}
+
 /// Deletes the jobs, results, dead-letter and delay queues of `settings`, with any messages.
 pub async fn delete_worker_queues(channel: &Channel, settings: &Settings) {
     for queue in &worker_queue_names(settings) {

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
-// mimalloc instead of the system allocator: in the backlog benchmark it takes about 20% less CPU
-// per job than glibc's malloc, at about 30% more peak RSS (see docs/benchmarks.md).
+// mimalloc instead of the system allocator: in two backlog benchmark runs each, it took about 20%
+// less CPU per job than glibc's malloc, at about 30% more peak RSS (see docs/benchmarks.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

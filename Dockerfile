@@ -7,6 +7,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY config ./config
 COPY src ./src
+# Cargo reads every target the manifest declares, so the benchmark sources must be present
+# even though only the binary is built.
+COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin fastly-purge-worker \

@@ -20,13 +20,15 @@ pub struct CheckArgs {
 
 pub async fn check(config_file: Option<&Path>, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let settings = super::load_settings(config_file)?;
-    println!("configuration: valid");
     let (config, simulator) = if args.simulate {
         let (config, simulator) = super::run::simulated(settings).await?;
         (config, Some(simulator))
     } else {
         (settings.resolve(|name| std::env::var(name).ok())?, None)
     };
+    // Printed only now, because resolving reads the tokens, and a missing one is a
+    // configuration error.
+    println!("configuration: valid");
 
     let mut problems = 0;
     problems += check_broker(&config).await;

@@ -63,7 +63,8 @@ pub fn decode(body: &[u8], meta: &MessageMeta, max_bytes: usize) -> Result<Envel
         return Err(Rejection::new(
             ErrorCode::NotAnObject,
             format!(
-                "the message body is JSON {}, but a job must be a JSON object with a \"type\" field",
+                "the message body is {} in JSON, but a job must be a JSON object with a \"type\" \
+                 field",
                 json_kind(&value)
             ),
         ));

@@ -111,12 +111,10 @@ impl PurgeUrl {
                 .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
             {
                 return Err(format!(
-                    "has the host {domain:?} with the character {bad:?}; a host name holds only \
-                     letters, digits, '-', '_' and '.'"
+                    "has the host {domain:?} with the character {bad:?}; a host name contains \
+                     only letters, digits, '-', '_' and '.'"
                 ));
             }
-        } else if host.is_empty() {
-            return Err("has no host; give the host name the content is served under".to_owned());
         }
 
         let mut host_port = host.to_owned();
@@ -384,7 +382,18 @@ fn describe(value: &Value) -> String {
         Value::Null => "null".to_owned(),
         Value::Array(_) | Value::Object(_) => json_kind(value).to_owned(),
         Value::String(text) => format!("the string {}", quote(text)),
-        other => format!("{} {}", json_kind(other), quote(&other.to_string())),
+        // Numbers and booleans as written in the JSON, unquoted: "a number 2.0".
+        other => format!("{} {}", json_kind(other), truncate(&other.to_string())),
+    }
+}
+
+/// Cuts a number or boolean's JSON text for a message; a long one can only be a number.
+fn truncate(text: &str) -> String {
+    const MAX_CHARS: usize = 100;
+    if text.len() > MAX_CHARS {
+        format!("{}... ({} characters)", &text[..MAX_CHARS], text.len())
+    } else {
+        text.to_owned()
     }
 }
 

@@ -17,6 +17,12 @@ use prometheus_client::registry::Registry;
 use super::LogLimiter;
 use crate::job::ResultError;
 
+// Log targets named after what the events are about rather than this module, so that a filter
+// such as `RUST_LOG=info,fastly_purge_worker::jobs=debug` reads naturally.
+const JOBS_LOG: &str = "fastly_purge_worker::jobs";
+const FASTLY_LOG: &str = "fastly_purge_worker::fastly";
+const BROKER_LOG: &str = "fastly_purge_worker::broker";
+
 /// Label pairs of a series.
 type Labels = Vec<(&'static str, String)>;
 
@@ -253,12 +259,12 @@ impl Metrics {
             .observe(duration.as_secs_f64());
         let elapsed_ms = duration.as_millis() as u64;
         let Some(error) = error else {
-            tracing::debug!(status, attempts, elapsed_ms, "job finished");
+            tracing::debug!(target: JOBS_LOG,status, attempts, elapsed_ms, "job finished");
             return;
         };
         let key = format!("job:{job_type}:{status}:{}", error.code);
         if let Some(suppressed) = self.log_limiter.allow(&key) {
-            tracing::warn!(
+            tracing::warn!(target: JOBS_LOG,
                 status,
                 code = %error.code,
                 http_status = error.http_status,
@@ -302,7 +308,7 @@ impl Metrics {
             .get_or_create(&labels([("endpoint", endpoint)]))
             .inc();
         if let Some(suppressed) = self.log_limiter.allow(&format!("retry:{endpoint}:{cause}")) {
-            tracing::warn!(
+            tracing::warn!(target: FASTLY_LOG,
                 account,
                 request = endpoint,
                 attempt,
@@ -327,7 +333,7 @@ impl Metrics {
             .get_or_create(&labels([("account", account), ("class", class)]))
             .inc();
         if let Some(suppressed) = self.log_limiter.allow(&format!("429:{account}:{class}")) {
-            tracing::warn!(
+            tracing::warn!(target: FASTLY_LOG,
                 account,
                 class,
                 pause_ms = pause.as_millis() as u64,
@@ -376,7 +382,7 @@ impl Metrics {
         let code = error.code.as_str();
         self.delayed.get_or_create(&labels([("code", code)])).inc();
         if let Some(suppressed) = self.log_limiter.allow(&format!("delayed:{code}")) {
-            tracing::warn!(
+            tracing::warn!(target: JOBS_LOG,
                 queue,
                 delay_ms = delay.as_millis() as u64,
                 retries,
@@ -391,13 +397,13 @@ impl Metrics {
     /// Logs and records a broker session that broke.
     pub fn broker_lost(&self, cause: &anyhow::Error) {
         self.broker_connected.set(0);
-        tracing::warn!(error = %format!("{cause:#}"), "lost the broker session, reconnecting");
+        tracing::warn!(target: BROKER_LOG,error = %format!("{cause:#}"), "lost the broker session, reconnecting");
     }
 
     /// Logs a failed reconnection attempt, the first and then every tenth.
     pub fn reconnect_failed(&self, error: &dyn std::fmt::Display, failures: u32) {
         if failures == 1 || failures.is_multiple_of(10) {
-            tracing::warn!(error = %error, failures, "cannot reconnect to RabbitMQ yet");
+            tracing::warn!(target: BROKER_LOG,error = %error, failures, "cannot reconnect to RabbitMQ yet");
         }
     }
 
@@ -406,7 +412,7 @@ impl Metrics {
         self.broker_connected.set(1);
         if reconnected {
             self.broker_reconnects.inc();
-            tracing::info!(failures, "reconnected to RabbitMQ, consuming jobs again");
+            tracing::info!(target: BROKER_LOG,failures, "reconnected to RabbitMQ, consuming jobs again");
         }
     }
 

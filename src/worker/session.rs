@@ -104,6 +104,16 @@ impl Session {
         shutdown_timeout: Duration,
     ) -> SessionEnd {
         let batcher = Arc::clone(&pipeline.executor.batcher);
+        // Take this process's share of the budgets before the first job runs, so a worker that
+        // joins others does not spend a whole budget's burst first.
+        if let Ok(status) = self.probe.status(&self.queues[0]).await {
+            apply_jobs_queue_status(
+                &pipeline,
+                self.own_consumers,
+                status.messages,
+                status.consumers,
+            );
+        }
         let watcher = tokio::spawn(watch_queues(
             Arc::clone(&self.probe),
             self.queues.clone(),
@@ -229,6 +239,19 @@ fn reap(in_progress: &mut JoinSet<()>) {
     }
 }
 
+/// Applies what a poll of the jobs queue found: whether the worker is behind, and this
+/// process's share of every budget, its consumers among all the consumers of the queue (which
+/// include other processes' ones).
+fn apply_jobs_queue_status(pipeline: &Pipeline, own_consumers: usize, ready: u32, consumers: u32) {
+    let batcher: &Batcher<Arc<Gateway>> = &pipeline.executor.batcher;
+    batcher.set_behind(ready as usize >= pipeline.backlog_threshold);
+    let all = (consumers as usize).max(own_consumers);
+    pipeline
+        .executor
+        .gateway
+        .set_budget_share(own_consumers, all);
+}
+
 /// Reads the depth of the worker's queues at every interval, for the queue metrics, and marks
 /// the batcher as behind: when at least a full batch of jobs waits in the jobs
 /// queue, unconsumed. Batches then wait up to the backlog linger and go out full.
@@ -251,14 +274,12 @@ async fn watch_queues(
                         .metrics
                         .queue_depth(queue, status.messages, status.consumers);
                     if index == 0 {
-                        batcher.set_behind(status.messages as usize >= pipeline.backlog_threshold);
-                        // This process's share of every budget: its consumers among all the
-                        // consumers of the queue, which includes other processes' ones.
-                        let all = (status.consumers as usize).max(own_consumers);
-                        pipeline
-                            .executor
-                            .gateway
-                            .set_budget_share(own_consumers, all);
+                        apply_jobs_queue_status(
+                            &pipeline,
+                            own_consumers,
+                            status.messages,
+                            status.consumers,
+                        );
                     }
                 }
                 Err(err) => {

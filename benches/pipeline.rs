@@ -1,8 +1,8 @@
 //! End-to-end benchmark: the worker binary against the local RabbitMQ and the Fastly simulator.
 //!
 //! Run it with `cargo bench --bench pipeline`. It measures, in one run:
-//! 1. the broker ceiling: a minimal lapin consumer with the worker's prefetch that publishes one
-//!    reply per message with confirms and acks it;
+//! 1. the broker ceiling: minimal lapin consumers, as many and with the same prefetch as the
+//!    worker's, that publish one reply per message with confirms and ack it;
 //! 2. the worker with default settings draining a backlog of one-key purge_keys jobs (10
 //!    services, random keys, a quarter soft) from a simulator that replies in 20 ms;
 //! 3. the worker at a steady rate of jobs, measuring latency from publish to result;
@@ -67,14 +67,17 @@ async fn run() {
     let steady_secs = env_number("BENCH_STEADY_SECS", 30);
     let settings = Settings::defaults();
     let prefetch = settings.prefetch();
+    let consumers = settings.broker.consumers;
     let linger_ms = settings.batch.linger_ms;
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .expect("RabbitMQ must run on AMQP_URL or 127.0.0.1:5672");
     let connection = Arc::new(connection);
 
-    eprintln!("1/3 broker ceiling: {backlog} messages, prefetch {prefetch}");
-    let ceiling = broker_ceiling(&connection, backlog, prefetch).await;
+    eprintln!(
+        "1/3 broker ceiling: {backlog} messages, {consumers} consumers with a prefetch of {prefetch}"
+    );
+    let ceiling = broker_ceiling(&connection, backlog, prefetch, consumers).await;
     eprintln!("    {:.0} messages/s", ceiling.per_second);
 
     let sim = Simulator::start(
@@ -136,7 +139,7 @@ async fn run() {
 
     let report = json!({
         "machine": machine(),
-        "settings": {"prefetch": prefetch, "linger_ms": linger_ms, "simulator_latency_ms": SIM_LATENCY.as_millis() as u64,
+        "settings": {"prefetch": prefetch, "consumers": consumers, "linger_ms": linger_ms, "simulator_latency_ms": SIM_LATENCY.as_millis() as u64,
                      "services": SERVICES, "soft_share": 0.25, "backlog_jobs": backlog, "steady_rate": rate, "steady_secs": steady_secs},
         "ceiling": ceiling.to_json(),
         "backlog": drained.to_json(ceiling.per_second),
@@ -162,8 +165,14 @@ impl Ceiling {
 }
 
 /// Publishes `count` messages, then consumes them the way the worker does at the least: one
-/// confirmed reply publish and one ack per message.
-async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) -> Ceiling {
+/// confirmed reply publish and one ack per message, on as many consumers (each with a reply
+/// channel of its own) and with the same prefetch as the worker.
+async fn broker_ceiling(
+    connection: &Connection,
+    count: usize,
+    prefetch: u16,
+    consumers: u16,
+) -> Ceiling {
     let input = format!("bench.ceiling.{}", short_id());
     let output = format!("{input}.out");
     let channel = connection.create_channel().await.unwrap();
@@ -178,26 +187,6 @@ async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) ->
     })
     .await;
 
-    let consumer_channel = connection.create_channel().await.unwrap();
-    consumer_channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let reply_channel = connection.create_channel().await.unwrap();
-    reply_channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = consumer_channel
-        .basic_consume(
-            input.as_str().into(),
-            "ceiling".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-
     // A reply the size of a real result, so the broker moves as many bytes as for the worker.
     let reply: Arc<[u8]> = serde_json::to_vec(&json!({
         "job_id": "job-12345", "type": "purge_keys", "status": "succeeded", "account": "default",
@@ -208,35 +197,70 @@ async fn broker_ceiling(connection: &Connection, count: usize, prefetch: u16) ->
     }))
     .unwrap()
     .into();
-    let started = Instant::now();
     let done = Arc::new(tokio::sync::Semaphore::new(0));
-    for _ in 0..count {
-        let delivery = consumer.next().await.unwrap().unwrap();
-        let reply_channel = reply_channel.clone();
+    let mut channels = Vec::new();
+    let mut lanes = Vec::new();
+    for lane in 0..consumers.max(1) {
+        let consumer_channel = connection.create_channel().await.unwrap();
+        consumer_channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let reply_channel = connection.create_channel().await.unwrap();
+        reply_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let consumer = consumer_channel
+            .basic_consume(
+                input.as_str().into(),
+                format!("ceiling-{lane}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channels.push(consumer_channel);
+        lanes.push((consumer, reply_channel));
+    }
+
+    let started = Instant::now();
+    for (mut consumer, reply_channel) in lanes {
         let output = output.clone();
         let done = Arc::clone(&done);
         let reply = Arc::clone(&reply);
         tokio::spawn(async move {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
-            let confirm = reply_channel
-                .basic_publish(
-                    "".into(),
-                    output.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &reply,
-                    properties,
-                )
-                .await
-                .unwrap();
-            confirm.await.unwrap();
-            delivery.ack(BasicAckOptions::default()).await.unwrap();
-            done.add_permits(1);
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let reply_channel = reply_channel.clone();
+                let output = output.clone();
+                let done = Arc::clone(&done);
+                let reply = Arc::clone(&reply);
+                tokio::spawn(async move {
+                    let properties = BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into());
+                    let confirm = reply_channel
+                        .basic_publish(
+                            "".into(),
+                            output.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &reply,
+                            properties,
+                        )
+                        .await
+                        .unwrap();
+                    confirm.await.unwrap();
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    done.add_permits(1);
+                });
+            }
         });
     }
     let _ = done.acquire_many(count as u32).await.unwrap();
     let seconds = started.elapsed().as_secs_f64();
+    for consumer_channel in channels {
+        let _ = consumer_channel.close(200, "ceiling done".into()).await;
+    }
     for queue in [&input, &output] {
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

@@ -382,12 +382,14 @@ pub struct Config {
 }
 
 impl Settings {
-    /// Returns the prefetch: the configured value, or batch.max_keys x limits.max_in_flight x 2,
-    /// so that one-key jobs can fill every in-flight request and the next round of batches.
+    /// Returns the prefetch of each consumer: the configured value, or its part of a window of
+    /// batch.max_keys x limits.max_in_flight x 2, so that one-key jobs can fill every in-flight
+    /// request and the next round of batches.
     pub fn prefetch(&self) -> u16 {
         self.broker.prefetch.unwrap_or_else(|| {
-            let derived = self.batch.max_keys as u64 * u64::from(self.limits.max_in_flight) * 2;
-            u16::try_from(derived.clamp(1, u64::from(u16::MAX))).unwrap_or(u16::MAX)
+            let window = self.batch.max_keys as u64 * u64::from(self.limits.max_in_flight) * 2;
+            let each = window.div_ceil(u64::from(self.broker.consumers.max(1)));
+            u16::try_from(each.clamp(1, u64::from(u16::MAX))).unwrap_or(u16::MAX)
         })
     }
 
@@ -993,7 +995,15 @@ mod tests {
     fn prefetch_derived_from_batch_and_in_flight() {
         let mut settings = Settings::load_with_env(None, no_env()).unwrap();
         assert_eq!(settings.broker.prefetch, None);
-        assert_eq!(settings.prefetch(), 256 * 16 * 2);
+        assert_eq!(settings.broker.consumers, 4);
+        assert_eq!(
+            settings.prefetch(),
+            256 * 16 * 2 / 4,
+            "a quarter of the window each"
+        );
+        settings.broker.consumers = 3;
+        assert_eq!(settings.prefetch(), 2731, "rounded up");
+        settings.broker.consumers = 1;
         settings.limits.max_in_flight = 1000;
         assert_eq!(settings.prefetch(), u16::MAX);
     }

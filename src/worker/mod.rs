@@ -109,7 +109,8 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         settings.batch.max_keys,
         settings.batch.linger(),
         settings.batch.backlog_linger(),
-        usize::from(settings.prefetch()),
+        // Every consumer has its own prefetch window, and all of them feed one batcher.
+        usize::from(settings.prefetch()) * usize::from(settings.broker.consumers.max(1)),
     ));
 
     let session = Session::open(&settings).await?;

@@ -156,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     metrics.broker_consuming(false, 0);
     tracing::info!(
         queue = %settings.broker.jobs_queue,
+        consumers = settings.broker.consumers,
         prefetch = settings.prefetch(),
         linger_ms = settings.batch.linger_ms,
         fastly = %config.api_url,

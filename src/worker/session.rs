@@ -40,6 +40,8 @@ pub struct Session {
 /// One consumer of the jobs queue with a publisher of its own: a channel pair that works in
 /// parallel with the others on the broker.
 struct Lane {
+    /// The lane's number in this process, from 1, for logs.
+    number: usize,
     consumer: JobConsumer,
     link: Arc<SessionLink>,
     broken: watch::Receiver<bool>,
@@ -65,13 +67,14 @@ impl Session {
         queues.push(broker.dead_letter_queue.clone());
 
         let mut lanes = Vec::with_capacity(usize::from(broker.consumers));
-        for _ in 0..broker.consumers.max(1) {
+        for number in 1..=usize::from(broker.consumers.max(1)) {
             let publisher = Publisher::open(&connection, broker).await?;
             let tag = format!("{}-{}", broker.connection_name, uuid::Uuid::new_v4());
             let consumer =
                 JobConsumer::start(&connection, broker, settings.prefetch(), &tag).await?;
             let (broken_flag, broken) = watch::channel(false);
             lanes.push(Lane {
+                number,
                 consumer,
                 link: Arc::new(SessionLink {
                     publisher,
@@ -199,6 +202,7 @@ async fn run_lane(
 
     reap(&mut in_progress);
     tracing::info!(
+        consumer = lane.number,
         in_progress = in_progress.len(),
         "stopping: no new deliveries, sending open batches, finishing jobs in progress"
     );
@@ -212,6 +216,7 @@ async fn run_lane(
     .await;
     if drained.is_err() {
         tracing::warn!(
+            consumer = lane.number,
             unfinished = in_progress.len(),
             timeout_ms = shutdown_timeout.as_millis() as u64,
             "shutdown timeout reached, giving unfinished deliveries back to the queue"

@@ -92,7 +92,7 @@ impl<D: Dispatch> Batcher<D> {
     }
 
     /// Creates a batcher that lingers `backlog_linger` while the worker is behind, unless
-    /// about `max_waiting` jobs (the prefetch) already wait.
+    /// about `max_waiting` jobs (the window: consumers x prefetch) already wait.
     pub fn with_backlog_linger(
         dispatch: D,
         max_keys: usize,
@@ -173,8 +173,9 @@ impl<D: Dispatch> Batcher<D> {
         lock(&self.shared.state)
     }
 
-    /// Tells the batcher whether the worker is behind (its prefetch window full), which makes
-    /// batches wait up to the backlog linger for keys. Dispatchers look again at once.
+    /// Tells the batcher whether the worker is behind (a full batch of jobs waits in the queue,
+    /// unconsumed), which makes batches wait up to the backlog linger for keys. Dispatchers look
+    /// again at once.
     pub fn set_behind(&self, behind: bool) {
         // Called for every delivery, so the lock is taken only on a change.
         if self.behind.swap(behind, Ordering::Relaxed) == behind {

@@ -137,8 +137,9 @@ pub struct State<E> {
     behind: bool,
     /// Set at shutdown: every batch is ready at once.
     flushing: bool,
-    /// Jobs that can wait here at once (the prefetch). When nearly that many wait, no new job
-    /// can arrive to fill a batch, so waiting longer would only stall the worker.
+    /// Jobs that can wait here at once (the window: consumers x prefetch). When nearly that
+    /// many wait, no new job can arrive to fill a batch, so waiting longer would only stall the
+    /// worker.
     max_waiting: usize,
     next_id: u64,
     batches: HashMap<BatchId, Batch>,

@@ -13,6 +13,7 @@ pub use pacer::Pacer;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,8 +110,14 @@ impl AccountLimits {
     }
 
     /// Replaces a class's quota, for example with this worker's share of the account's budget.
-    pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings) {
+    /// A new governor limiter starts with its whole burst. `start_empty` spends that burst at
+    /// once, for a limiter that replaces one which may have spent its own: the class then
+    /// admits requests at the new rate only, rather than a second burst.
+    pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings, start_empty: bool) {
         let limiter = Arc::new(RateLimiter::direct(governor_quota(quota)));
+        if start_empty && let Some(burst) = NonZeroU32::new(quota.burst.max(1)) {
+            let _ = limiter.check_n(burst);
+        }
         *lock(&self.class(class).limiter) = limiter;
     }
 
@@ -272,6 +279,8 @@ pub struct Limits {
     settings: Option<LimitSettings>,
     /// The share last applied: this process's consumers, and all consumers of the queue.
     share: Mutex<(usize, usize)>,
+    /// Whether a share was applied before, so the limiters may have spent their bursts.
+    shared_before: AtomicBool,
 }
 
 impl Limits {
@@ -291,22 +300,29 @@ impl Limits {
                 .collect(),
             settings: Some(settings.clone()),
             share: Mutex::new((1, 1)),
+            shared_before: AtomicBool::new(false),
         }
     }
 
     /// Gives this process `own` of `all` shares of every configured budget: several workers
     /// on one queue then stay within the account's limits together, with no coordination
     /// beyond the consumer count of the queue. Returns whether the share changed.
+    ///
+    /// The first change keeps the full burst of the new share, because it comes before the
+    /// first job of the process. Later changes start each limiter with its burst spent, so a
+    /// peer that joins or leaves does not refill every worker's burst at once.
     pub fn set_share(&self, own: usize, all: usize) -> bool {
         let own = own.max(1);
         let all = all.max(own);
         {
             let mut share = lock(&self.share);
-            if *share == (own, all) {
+            // Compared as fractions: 4 of 4 consumers is the same share as 1 of 1.
+            if share.0 * all == own * share.1 {
                 return false;
             }
             *share = (own, all);
         }
+        let start_empty = self.shared_before.swap(true, Ordering::Relaxed);
         let Some(settings) = &self.settings else {
             return false;
         };
@@ -321,7 +337,7 @@ impl Limits {
                 (BudgetClass::Write, &settings.write),
                 (BudgetClass::Read, &settings.read),
             ] {
-                limits.set_quota(class, &scale(quota));
+                limits.set_quota(class, &scale(quota), start_empty);
                 lock(&limits.class(class).pacer).set_share(fraction);
             }
         }
@@ -479,6 +495,28 @@ mod tests {
             account.admit(BudgetClass::Write, soon).await.is_err(),
             "a third of a burst of 9"
         );
+    }
+
+    #[tokio::test]
+    async fn later_share_changes_grant_no_burst() {
+        let limits = Limits::new(["a"], &settings(3600, 8));
+        assert!(
+            !limits.set_share(4, 4),
+            "4 of 4 is the whole budget, as before"
+        );
+        assert!(limits.set_share(4, 8));
+        let account = limits.account("a").unwrap();
+        let soon = Instant::now() + Duration::from_millis(100);
+        for _ in 0..4 {
+            drop(account.admit(BudgetClass::Write, soon).await.unwrap());
+        }
+
+        // A peer leaves, then another: each new share must not refill the burst.
+        assert!(limits.set_share(4, 7));
+        assert!(limits.set_share(4, 5));
+
+        let admitted = account.admit(BudgetClass::Write, soon).await;
+        assert!(admitted.is_err(), "no second burst after the first job");
     }
 
     #[tokio::test]

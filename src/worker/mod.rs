@@ -1,6 +1,6 @@
 //! The worker: startup (token scopes, the first broker session), the supervisor that opens a
 //! new [`session`] when the broker breaks one, and shutdown. Each delivery runs through the
-//! [`pipeline`] concurrently, up to the prefetch limit.
+//! [`pipeline`] concurrently, up to the window of all consumers (consumers x prefetch).
 //!
 //! It wires the other modules together but owns no wire format: jobs are read by
 //! [`crate::job`], Fastly is called by [`crate::fastly`], AMQP is handled by [`crate::broker`].
@@ -158,6 +158,7 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
         queue = %settings.broker.jobs_queue,
         consumers = settings.broker.consumers,
         prefetch = settings.prefetch(),
+        window = u32::from(settings.prefetch()) * u32::from(settings.broker.consumers.max(1)),
         linger_ms = settings.batch.linger_ms,
         fastly = %config.api_url,
         accounts = config.accounts.len(),

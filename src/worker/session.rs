@@ -109,13 +109,19 @@ impl Session {
         let batcher = Arc::clone(&pipeline.executor.batcher);
         // Take this process's share of the budgets before the first job runs, so a worker that
         // joins others does not spend a whole budget's burst first.
-        if let Ok(status) = self.probe.status(&self.queues[0]).await {
-            apply_jobs_queue_status(
+        match self.probe.status(&self.queues[0]).await {
+            Ok(status) => apply_jobs_queue_status(
                 &pipeline,
                 self.own_consumers,
                 status.messages,
                 status.consumers,
-            );
+                true,
+            ),
+            Err(err) => tracing::warn!(
+                error = %err,
+                "cannot read the consumer count of the jobs queue; the budget share stays as it \
+                 was until the next poll"
+            ),
         }
         let watcher = tokio::spawn(watch_queues(
             Arc::clone(&self.probe),
@@ -123,6 +129,7 @@ impl Session {
             self.poll_interval,
             self.own_consumers,
             Arc::clone(&pipeline),
+            stopped.clone(),
         ));
 
         let (abort, aborted) = watch::channel(false);
@@ -244,12 +251,21 @@ fn reap(in_progress: &mut JoinSet<()>) {
     }
 }
 
-/// Applies what a poll of the jobs queue found: whether the worker is behind, and this
-/// process's share of every budget, its consumers among all the consumers of the queue (which
-/// include other processes' ones).
-fn apply_jobs_queue_status(pipeline: &Pipeline, own_consumers: usize, ready: u32, consumers: u32) {
+/// Applies what a poll of the jobs queue found: whether the worker is behind, and, with
+/// `update_share`, this process's share of every budget, its consumers among all the consumers
+/// of the queue (which include other processes' ones).
+fn apply_jobs_queue_status(
+    pipeline: &Pipeline,
+    own_consumers: usize,
+    ready: u32,
+    consumers: u32,
+    update_share: bool,
+) {
     let batcher: &Batcher<Arc<Gateway>> = &pipeline.executor.batcher;
     batcher.set_behind(ready as usize >= pipeline.backlog_threshold);
+    if !update_share {
+        return;
+    }
     let all = (consumers as usize).max(own_consumers);
     pipeline
         .executor
@@ -266,6 +282,7 @@ async fn watch_queues(
     interval: Duration,
     own_consumers: usize,
     pipeline: Arc<Pipeline>,
+    stopped: watch::Receiver<bool>,
 ) {
     let batcher: &Batcher<Arc<Gateway>> = &pipeline.executor.batcher;
     let mut ticks = tokio::time::interval(interval);
@@ -279,11 +296,14 @@ async fn watch_queues(
                         .metrics
                         .queue_depth(queue, status.messages, status.consumers);
                     if index == 0 {
+                        // While stopping, the lanes close one by one and the count falls, but
+                        // this worker must not take a larger share for its last jobs.
                         apply_jobs_queue_status(
                             &pipeline,
                             own_consumers,
                             status.messages,
                             status.consumers,
+                            !*stopped.borrow(),
                         );
                     }
                 }

@@ -13,7 +13,6 @@ pub use pacer::Pacer;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,15 +82,19 @@ pub struct AccountLimits {
 
 #[derive(Debug)]
 struct ClassLimit {
-    /// Replaced as a whole when the quota changes, because a governor quota is fixed.
-    limiter: Mutex<Arc<DefaultDirectRateLimiter>>,
+    /// Replaced as a whole when the quota changes, because a governor quota is fixed. The
+    /// burst of its quota is kept with it, to carry the unspent part over to the next one.
+    limiter: Mutex<(Arc<DefaultDirectRateLimiter>, u32)>,
     pacer: Mutex<Pacer>,
 }
 
 impl AccountLimits {
     pub fn new(account: &str, settings: &LimitSettings) -> AccountLimits {
         let class = |quota: &QuotaSettings| ClassLimit {
-            limiter: Mutex::new(Arc::new(RateLimiter::direct(governor_quota(quota)))),
+            limiter: Mutex::new((
+                Arc::new(RateLimiter::direct(governor_quota(quota))),
+                quota.burst.max(1),
+            )),
             pacer: Mutex::new(Pacer::default()),
         };
         AccountLimits {
@@ -110,15 +113,29 @@ impl AccountLimits {
     }
 
     /// Replaces a class's quota, for example with this worker's share of the account's budget.
-    /// A new governor limiter starts with its whole burst. `start_empty` spends that burst at
-    /// once, for a limiter that replaces one which may have spent its own: the class then
-    /// admits requests at the new rate only, rather than a second burst.
-    pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings, start_empty: bool) {
+    ///
+    /// A new governor limiter starts with its whole burst, so the unspent part of the old one
+    /// is carried over in proportion: a limiter that had spent half its burst starts the new
+    /// quota with half of the new burst. A quota change then never grants a second burst.
+    pub fn set_quota(&self, class: BudgetClass, quota: &QuotaSettings) {
+        let new_burst = quota.burst.max(1);
         let limiter = Arc::new(RateLimiter::direct(governor_quota(quota)));
-        if start_empty && let Some(burst) = NonZeroU32::new(quota.burst.max(1)) {
-            let _ = limiter.check_n(burst);
+        let mut current = lock(&self.class(class).limiter);
+        let (old, old_burst) = &*current;
+        // Counting what the old limiter would still admit spends it, which does not matter
+        // because it is being replaced.
+        let mut unspent: u64 = 0;
+        while unspent < u64::from(*old_burst) && old.check().is_ok() {
+            unspent += 1;
         }
-        *lock(&self.class(class).limiter) = limiter;
+        let keep = unspent * u64::from(new_burst) / u64::from(*old_burst);
+        let spend = u64::from(new_burst).saturating_sub(keep);
+        if let Some(spend) = NonZeroU32::new(u32::try_from(spend).unwrap_or(new_burst)) {
+            // A fresh limiter has its whole burst available, and spend is at most that burst.
+            let spent = limiter.check_n(spend);
+            debug_assert!(matches!(spent, Ok(Ok(()))), "{spent:?}");
+        }
+        *current = (limiter, new_burst);
     }
 
     /// Waits until the class's budget and an in-flight place allow one request.
@@ -163,7 +180,7 @@ impl AccountLimits {
                 drop(permit);
                 continue;
             }
-            let limiter = Arc::clone(&lock(&limit.limiter));
+            let limiter = Arc::clone(&lock(&limit.limiter).0);
             match limiter.check() {
                 Ok(()) => {
                     lock(&limit.pacer).started(now);
@@ -279,8 +296,6 @@ pub struct Limits {
     settings: Option<LimitSettings>,
     /// The share last applied: this process's consumers, and all consumers of the queue.
     share: Mutex<(usize, usize)>,
-    /// Whether a share was applied before, so the limiters may have spent their bursts.
-    shared_before: AtomicBool,
 }
 
 impl Limits {
@@ -300,7 +315,6 @@ impl Limits {
                 .collect(),
             settings: Some(settings.clone()),
             share: Mutex::new((1, 1)),
-            shared_before: AtomicBool::new(false),
         }
     }
 
@@ -308,9 +322,8 @@ impl Limits {
     /// on one queue then stay within the account's limits together, with no coordination
     /// beyond the consumer count of the queue. Returns whether the share changed.
     ///
-    /// The first change keeps the full burst of the new share, because it comes before the
-    /// first job of the process. Later changes start each limiter with its burst spent, so a
-    /// peer that joins or leaves does not refill every worker's burst at once.
+    /// Each limiter keeps the unspent part of its burst in proportion (see
+    /// [`AccountLimits::set_quota`]), so a peer that joins or leaves refills no burst.
     pub fn set_share(&self, own: usize, all: usize) -> bool {
         let own = own.max(1);
         let all = all.max(own);
@@ -322,7 +335,7 @@ impl Limits {
             }
             *share = (own, all);
         }
-        let start_empty = self.shared_before.swap(true, Ordering::Relaxed);
+
         let Some(settings) = &self.settings else {
             return false;
         };
@@ -337,7 +350,7 @@ impl Limits {
                 (BudgetClass::Write, &settings.write),
                 (BudgetClass::Read, &settings.read),
             ] {
-                limits.set_quota(class, &scale(quota), start_empty);
+                limits.set_quota(class, &scale(quota));
                 lock(&limits.class(class).pacer).set_share(fraction);
             }
         }
@@ -498,25 +511,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn later_share_changes_grant_no_burst() {
+    async fn share_change_carries_unspent_burst() {
         let limits = Limits::new(["a"], &settings(3600, 8));
+        let account = limits.account("a").unwrap();
+        // A worker alone spends half its burst, then a peer joins.
         assert!(
             !limits.set_share(4, 4),
             "4 of 4 is the whole budget, as before"
         );
-        assert!(limits.set_share(4, 8));
-        let account = limits.account("a").unwrap();
-        let soon = Instant::now() + Duration::from_millis(100);
         for _ in 0..4 {
-            drop(account.admit(BudgetClass::Write, soon).await.unwrap());
+            drop(account.admit(BudgetClass::Write, far()).await.unwrap());
+        }
+        assert!(limits.set_share(4, 8));
+
+        // Half of the new burst of 4 is left: 2 now, and the next one a period (2 s) later.
+        for _ in 0..2 {
+            drop(account.admit(BudgetClass::Write, far()).await.unwrap());
+        }
+        let soon = Instant::now() + Duration::from_millis(500);
+        let over = account.admit(BudgetClass::Write, soon).await.unwrap_err();
+        assert!(over.wait > Duration::from_secs(1), "{over:?}");
+    }
+
+    #[tokio::test]
+    async fn share_changes_refill_no_burst() {
+        let limits = Limits::new(["a"], &settings(3600, 8));
+        let account = limits.account("a").unwrap();
+        for _ in 0..8 {
+            drop(account.admit(BudgetClass::Write, far()).await.unwrap());
         }
 
-        // A peer leaves, then another: each new share must not refill the burst.
+        // Peers join and leave: each new share keeps the burst spent.
+        assert!(limits.set_share(4, 8));
         assert!(limits.set_share(4, 7));
         assert!(limits.set_share(4, 5));
 
-        let admitted = account.admit(BudgetClass::Write, soon).await;
-        assert!(admitted.is_err(), "no second burst after the first job");
+        let soon = Instant::now() + Duration::from_millis(500);
+        let over = account.admit(BudgetClass::Write, soon).await.unwrap_err();
+        assert!(over.wait > Duration::from_millis(600), "{over:?}");
     }
 
     #[tokio::test]

@@ -119,8 +119,8 @@ impl Session {
             ),
             Err(err) => tracing::warn!(
                 error = %err,
-                "cannot read the consumer count of the jobs queue; the budget share stays as it \
-                 was until the next poll"
+                "cannot read the consumer count of the jobs queue, so the budget share stays as \
+                 it was (the whole budget in a first session) until the next poll"
             ),
         }
         let watcher = tokio::spawn(watch_queues(

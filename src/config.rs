@@ -388,8 +388,8 @@ impl Settings {
     pub fn prefetch(&self) -> u16 {
         self.broker.prefetch.unwrap_or_else(|| {
             let window = self.batch.max_keys as u64 * u64::from(self.limits.max_in_flight) * 2;
-            let each = window.div_ceil(u64::from(self.broker.consumers.max(1)));
-            u16::try_from(each.clamp(1, u64::from(u16::MAX))).unwrap_or(u16::MAX)
+            let per_consumer = window.div_ceil(u64::from(self.broker.consumers.max(1)));
+            u16::try_from(per_consumer.clamp(1, u64::from(u16::MAX))).unwrap_or(u16::MAX)
         })
     }
 

@@ -14,7 +14,7 @@
 //! - [`retry`] decides attempts and backoff for Fastly requests.
 //! - [`worker`] runs the pipeline that takes a delivery from decode to settle.
 //! - [`sim`] is a local Fastly API simulator for tests, demos and benchmarks.
-//! - [`telemetry`] sets up logging, holds the metrics, and serves `/metrics`, `/healthz` and
+//! - [`telemetry`] sets up logging, keeps the metrics, and serves `/metrics`, `/healthz` and
 //!   `/readyz`.
 //! - [`cli`] is the command line (`run`, `enqueue`, `simulate-fastly`, `check`).
 

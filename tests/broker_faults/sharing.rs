@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+use fastly_purge_worker::broker::queue_status;
 use fastly_purge_worker::sim::{SimConfig, SimToken, Simulator};
 use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties};
@@ -22,6 +23,8 @@ const TOKEN: &str = "sharing-token";
 /// The simulator's write limit: 20 writes per 2 s window, 10 a second.
 const WRITE_LIMIT: u32 = 20;
 const WINDOW: Duration = Duration::from_secs(2);
+/// Consumer channels per worker.
+const CONSUMERS: u32 = 4;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -38,6 +41,7 @@ fn worker(prefix: &str, sim: &Simulator, port: u16) -> WorkerProcess {
     run.env("FASTLY_API_TOKEN", TOKEN)
         .env("FASTLY_API_URL", sim.base_url())
         .env("FPW_TELEMETRY__LISTEN", format!("127.0.0.1:{port}"))
+        .env("FPW_BROKER__CONSUMERS", CONSUMERS.to_string())
         .env("FPW_TELEMETRY__QUEUE_POLL_INTERVAL_MS", "200")
         .env("FPW_LIMITS__WRITE__PER_HOUR", "36000")
         .env("FPW_LIMITS__WRITE__BURST", "6")
@@ -84,8 +88,8 @@ struct Run {
 }
 
 impl Run {
-    /// Starts the simulator with the account's write limit, declares the queues, publishes the
-    /// backlog and starts reading results. The workers come later, from the test.
+    /// Starts the simulator with the account's write limit, declares the queues and starts
+    /// reading results. The test starts the workers and publishes the backlog.
     async fn prepare(test: &str) -> Run {
         let prefix = unique_prefix(test);
         let queues = QueuesGuard(prefix.clone());
@@ -109,8 +113,6 @@ impl Run {
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .unwrap();
-        publish_backlog(&connection, &settings.broker.jobs_queue).await;
-
         let results = consume_results(
             &connection,
             &settings.broker.results_queue,
@@ -125,6 +127,35 @@ impl Run {
             results,
             answered: HashSet::new(),
             _queues: queues,
+        }
+    }
+
+    fn jobs_queue(&self) -> String {
+        test_settings(&self.prefix).broker.jobs_queue
+    }
+
+    async fn publish_backlog(&self) {
+        publish_backlog(&self.connection, &self.jobs_queue()).await;
+    }
+
+    /// Waits until the jobs queue has `count` consumers.
+    async fn wait_for_consumers(&self, count: u32) {
+        let settings = test_settings(&self.prefix);
+        let queues = [settings.broker.jobs_queue.clone()];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = queue_status(&self.connection, &settings.broker, &queues)
+                .await
+                .unwrap();
+            if status[0].consumers >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the jobs queue has {} consumers, not {count}",
+                status[0].consumers
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -176,11 +207,17 @@ async fn three_workers_share_the_write_budget() {
         .iter()
         .map(|port| worker(&run.prefix, &run.sim, *port))
         .collect();
+    // The backlog arrives once every worker consumes, as a bulk publish would reach a running
+    // deployment. Published earlier, it would go mostly to whichever worker connected first,
+    // and the split would measure process start times, not sharing.
+    run.wait_for_consumers(3 * CONSUMERS).await;
+    run.publish_backlog().await;
 
     run.collect_until(JOBS, Instant::now() + Duration::from_secs(240))
         .await;
     for port in ports {
         let done = completed(port).await;
+        eprintln!("the worker on port {port} completed {done} jobs");
         assert!(
             done >= (JOBS / 5) as f64,
             "a worker did {done} of {JOBS} jobs, less than a fifth"
@@ -198,6 +235,7 @@ async fn three_workers_share_the_write_budget() {
 async fn surviving_workers_finish_a_killed_ones_jobs() {
     let _broker = crate::serial().await;
     let mut run = Run::prepare("sharing_kill").await;
+    run.publish_backlog().await;
     let mut workers: Vec<WorkerProcess> = (0..3)
         .map(|_| worker(&run.prefix, &run.sim, free_port()))
         .collect();

@@ -11,14 +11,14 @@ use futures_util::FutureExt;
 use chrono::Utc;
 use tracing::{Instrument, field};
 
-use super::accounts::AccountRegistry;
+use super::accounts::{AccountEntry, AccountRegistry};
 use super::execute::Executor;
 use super::outcome::{JobFacts, Outcome, job_result};
 use super::settle::{RetryPlan, Settled, reject, settle};
 use crate::broker::{Incoming, Publisher, RetryCounts};
 use crate::config::{JobLimits, RedeliverySettings};
 use crate::gateway::CallError;
-use crate::job::{Job, JobResult, decode, validate};
+use crate::job::{Job, JobKind, JobResult, decode, validate};
 use crate::telemetry::Metrics;
 
 /// Everything one delivery needs; shared by all deliveries of a worker.
@@ -137,6 +137,27 @@ impl Pipeline {
 
     /// Runs the job stages, filling in `facts` as they learn about the job.
     async fn run(&self, incoming: &Incoming, facts: &mut JobFacts, started: Instant) -> Outcome {
+        let (kind, entry) = match self.admit(incoming, facts) {
+            Ok(admitted) => admitted,
+            Err(outcome) => return outcome,
+        };
+        let budget = self
+            .redelivery
+            .delivery_budget()
+            .saturating_sub(self.settle_reserve);
+        let deadline = tokio::time::Instant::from_std(started) + budget;
+        self.executor.execute(&entry.account, &kind, deadline).await
+    }
+
+    /// Decodes, validates and authorizes a delivery: its job and account, or the rejection.
+    ///
+    /// A function of its own, so the decoded message is dropped before the job waits for its
+    /// Fastly requests: under a backlog thousands of deliveries wait at once.
+    fn admit(
+        &self,
+        incoming: &Incoming,
+        facts: &mut JobFacts,
+    ) -> Result<(JobKind, &AccountEntry), Outcome> {
         let envelope = match decode(
             &incoming.body,
             &incoming.meta,
@@ -145,7 +166,7 @@ impl Pipeline {
             Ok(envelope) => envelope,
             Err(rejection) => {
                 self.metrics.job_received("unknown");
-                return Outcome::Rejected(rejection);
+                return Err(Outcome::Rejected(rejection));
             }
         };
         self.metrics
@@ -160,26 +181,12 @@ impl Pipeline {
         span.record("type", envelope.job_type.as_deref());
         span.record("account", envelope.account.as_str());
 
-        let job: Job = match validate(&envelope, &self.limits) {
-            Ok(job) => job,
-            Err(rejection) => return Outcome::Rejected(rejection),
-        };
+        let job: Job = validate(&envelope, &self.limits).map_err(Outcome::Rejected)?;
         if let Some(service_id) = job.kind.service_id() {
             span.record("service_id", service_id.as_str());
         }
-
-        let entry = match self.accounts.authorize(&job) {
-            Ok(entry) => entry,
-            Err(rejection) => return Outcome::Rejected(rejection),
-        };
-        let budget = self
-            .redelivery
-            .delivery_budget()
-            .saturating_sub(self.settle_reserve);
-        let deadline = tokio::time::Instant::from_std(started) + budget;
-        self.executor
-            .execute(&entry.account, &job.kind, deadline)
-            .await
+        let entry = self.accounts.authorize(&job).map_err(Outcome::Rejected)?;
+        Ok((job.kind, entry))
     }
 
     /// Decides where a job to be retried goes, or turns it into a failure when it has no

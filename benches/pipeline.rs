@@ -65,7 +65,7 @@ async fn run() {
     let backlog = env_number("BENCH_BACKLOG", 100_000) as usize;
     let rate = env_number("BENCH_RATE", 1000);
     let steady_secs = env_number("BENCH_STEADY_SECS", 30);
-    let settings = Settings::defaults();
+    let settings = worker_settings();
     let prefetch = settings.prefetch();
     let consumers = settings.broker.consumers;
     let linger_ms = settings.batch.linger_ms;
@@ -634,9 +634,20 @@ async fn count_results(
     results
 }
 
-/// Starts the release worker binary against the simulator and waits until it consumes.
-/// Starts the worker binary on the queues of `prefix`, with `env` on top of the defaults, and
-/// waits until it consumes jobs.
+/// Returns the settings of the backlog run's worker: the defaults, the `FPW_` variables it
+/// inherits from this environment, and `BENCH_PREFETCH`. The report and the ceiling use them.
+fn worker_settings() -> Settings {
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    if let Ok(prefetch) = std::env::var("BENCH_PREFETCH")
+        && !prefetch.is_empty()
+    {
+        vars.push(("FPW_BROKER__PREFETCH".to_owned(), prefetch));
+    }
+    Settings::load_with_env(None, vars).expect("the FPW_ variables and BENCH_PREFETCH are valid")
+}
+
+/// Starts the release worker binary on the queues of `prefix`, with `env` on top of the
+/// defaults, and waits until it consumes jobs.
 fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
     // BENCH_WORKER_WRAPPER runs the worker under a profiler, such as valgrind's massif.
     let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();

@@ -356,7 +356,7 @@ async fn scaled_run(
     .await;
     sim.reset();
     let started = Instant::now();
-    let mut children: Vec<Child> = (0..workers)
+    let mut children: Vec<Worker> = (0..workers)
         .map(|_| start_worker(sim, &prefix, &[]))
         .collect();
     wait_for_depth(connection, &settings.broker.results_queue, count).await;
@@ -648,7 +648,7 @@ fn worker_settings() -> Settings {
 
 /// Starts the release worker binary on the queues of `prefix`, with `env` on top of the
 /// defaults, and waits until it consumes jobs.
-fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
+fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Worker {
     // BENCH_WORKER_WRAPPER runs the worker under a profiler, such as valgrind's massif.
     let wrapper = std::env::var("BENCH_WORKER_WRAPPER").unwrap_or_default();
     let mut words = wrapper.split_whitespace();
@@ -684,8 +684,8 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
         command.env(name, value);
     }
 
-    let mut child = command.spawn().expect("the worker binary starts");
-    let stderr = child.stderr.take().unwrap();
+    let mut worker = Worker(command.spawn().expect("the worker binary starts"));
+    let stderr = worker.0.stderr.take().unwrap();
     let (ready, ready_seen) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -697,17 +697,37 @@ fn start_worker(sim: &Simulator, prefix: &str, env: &[(&str, &str)]) -> Child {
         }
     });
 
-    ready_seen
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the worker starts consuming");
-    child
+    // The worker drops when this panics, so it does not keep consuming the bench queues.
+    ready_seen.recv_timeout(Duration::from_secs(60)).expect(
+        "the worker logs \"consuming jobs\" within 60 s; \
+         a BENCH_WORKER_LOG must keep fastly_purge_worker::worker at info",
+    );
+    worker
 }
 
-fn stop_worker(worker: &mut Child) {
+/// A worker child process, killed when dropped, so a failed run leaves none behind.
+struct Worker(Child);
+
+impl Worker {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn stop_worker(worker: &mut Worker) {
     let _ = Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
         .status();
-    let _ = worker.wait();
+    let _ = worker.0.wait();
 }
 
 /// Reads a process's peak resident memory (MiB) and CPU time (seconds) from /proc.

@@ -272,10 +272,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Returns `own / all` of `value`, rounded up and at least 1, so a small burst still admits
-/// a request.
+/// Returns `own / all` of `value`, rounded down so that the shares of all workers add up to no
+/// more than `value`, and at least 1, so a small burst still admits a request.
+///
+/// NOTE: when the queue has more consumers than `value` has units (a burst of 20 shared by 30
+/// single-consumer workers), the minimum of 1 lets the workers together exceed `value`.
 fn scaled(value: u32, own: usize, all: usize) -> u32 {
-    let scaled = (u64::from(value) * own as u64).div_ceil(all as u64);
+    let scaled = u64::from(value) * own as u64 / all as u64;
     u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
 }
 
@@ -487,11 +490,30 @@ mod tests {
     }
 
     #[test]
-    fn share_scales_quotas_up_to_one() {
-        assert_eq!(scaled(1000, 1, 3), 334);
-        assert_eq!(scaled(20, 1, 3), 7);
+    fn share_scales_quotas_down_to_one() {
+        assert_eq!(scaled(1000, 1, 3), 333);
+        assert_eq!(scaled(20, 1, 3), 6);
         assert_eq!(scaled(1, 1, 4), 1, "a budget never drops to zero");
         assert_eq!(scaled(1000, 2, 2), 1000);
+    }
+
+    #[test]
+    fn shares_add_up_to_no_more_than_budget() {
+        for all in 1..=40usize {
+            for own in [1, 4] {
+                let workers = all / own;
+                if workers == 0 {
+                    continue;
+                }
+                let per_hour: u32 = (0..workers).map(|_| scaled(1000, own, all)).sum();
+                assert!(per_hour <= 1000, "{workers} workers of {own}: {per_hour}");
+                if own * 20 >= all {
+                    // Each share of the burst is at least one whole unit.
+                    let burst: u32 = (0..workers).map(|_| scaled(20, own, all)).sum();
+                    assert!(burst <= 20, "{workers} workers of {own}: burst {burst}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

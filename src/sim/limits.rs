@@ -29,7 +29,9 @@ pub struct Limiter {
     window_ms: u64,
     writes: HashMap<String, WindowCount>,
     purges: HashMap<String, WindowCount>,
-    max_writes_in_window: u32,
+    /// Write requests per user and window, rejected ones included.
+    write_requests: HashMap<String, WindowCount>,
+    max_write_requests_in_window: u32,
 }
 
 impl Limiter {
@@ -40,25 +42,34 @@ impl Limiter {
             window_ms: (window.as_millis() as u64).max(1),
             writes: HashMap::new(),
             purges: HashMap::new(),
-            max_writes_in_window: 0,
+            write_requests: HashMap::new(),
+            max_write_requests_in_window: 0,
         }
     }
 
     /// Charges one write to `user_id` at `now_ms` (Unix time in milliseconds).
     pub fn try_write(&mut self, user_id: &str, now_ms: u64) -> Decision {
-        let decision = charge(
+        // Counted before the limit applies, so a client that overruns the limit shows here
+        // even though the rejected requests are not charged.
+        if let Decision::Accepted { remaining, .. } = charge(
+            &mut self.write_requests,
+            user_id,
+            1,
+            u32::MAX,
+            self.window_ms,
+            now_ms,
+        ) {
+            let requests = u32::MAX - remaining;
+            self.max_write_requests_in_window = self.max_write_requests_in_window.max(requests);
+        }
+        charge(
             &mut self.writes,
             user_id,
             1,
             self.write_limit,
             self.window_ms,
             now_ms,
-        );
-        if let Decision::Accepted { remaining, .. } = decision {
-            let used = self.write_limit - remaining;
-            self.max_writes_in_window = self.max_writes_in_window.max(used);
-        }
-        decision
+        )
     }
 
     /// Charges `count` purged keys or URLs to `customer_id`. A request that does not fit in
@@ -74,15 +85,17 @@ impl Limiter {
         )
     }
 
-    /// Returns the highest number of writes accepted for one user in one window.
-    pub fn max_writes_in_window(&self) -> u32 {
-        self.max_writes_in_window
+    /// Returns the highest number of write requests, rejected ones included, from one user in
+    /// one window.
+    pub fn max_write_requests_in_window(&self) -> u32 {
+        self.max_write_requests_in_window
     }
 
     pub fn clear(&mut self) {
         self.writes.clear();
         self.purges.clear();
-        self.max_writes_in_window = 0;
+        self.write_requests.clear();
+        self.max_write_requests_in_window = 0;
     }
 }
 
@@ -155,7 +168,7 @@ mod tests {
                 reset: 1_635_962_400
             }
         );
-        assert_eq!(limiter.max_writes_in_window(), 2);
+        assert_eq!(limiter.max_write_requests_in_window(), 3);
     }
 
     #[test]
@@ -173,7 +186,7 @@ mod tests {
             limiter.try_write("other-user", now_ms),
             Decision::Accepted { remaining: 0, .. }
         ));
-        assert_eq!(limiter.max_writes_in_window(), 1);
+        assert_eq!(limiter.max_write_requests_in_window(), 1);
     }
 
     #[test]

@@ -87,8 +87,9 @@ pub struct SimStats {
     pub purges: u64,
     /// Replies with status 429, from the rate limits or from injected faults.
     pub rate_limited: u64,
-    /// Highest number of writes accepted for one user in one rate-limit window.
-    pub max_writes_in_window: u32,
+    /// Highest number of write requests, rejected ones included, from one user in one
+    /// rate-limit window.
+    pub max_write_requests_in_window: u32,
     /// Surrogate keys named in successful bulk and single-key purges.
     pub keys_purged: u64,
     /// Faults applied by chaos mode, per kind.
@@ -153,7 +154,7 @@ impl Recorder {
         self.log.iter().cloned().collect()
     }
 
-    /// Returns the counters. `max_writes_in_window` is kept by the limiter and left at 0 here.
+    /// Returns the counters. `max_write_requests_in_window` is kept by the limiter and left at 0 here.
     pub fn stats(&self) -> SimStats {
         self.stats.clone()
     }

@@ -120,7 +120,7 @@ impl SimState {
 
     pub fn stats(&self) -> SimStats {
         let mut stats = lock(&self.recorder).stats();
-        stats.max_writes_in_window = self.limiter().max_writes_in_window();
+        stats.max_write_requests_in_window = self.limiter().max_write_requests_in_window();
         stats
     }
 

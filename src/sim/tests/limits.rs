@@ -81,7 +81,7 @@ async fn writes_over_limit_get_429_until_window_ends() {
     );
 
     let stats = sim.stats();
-    assert_eq!(stats.max_writes_in_window, 2);
+    assert_eq!(stats.max_write_requests_in_window, 3);
     assert_eq!(stats.rate_limited, 1);
     assert_eq!(stats.writes, 3);
 }
@@ -115,7 +115,7 @@ async fn reads_and_key_purges_are_not_writes() {
     }
 
     assert_eq!(sim.stats().writes, 0);
-    assert_eq!(sim.stats().max_writes_in_window, 0);
+    assert_eq!(sim.stats().max_write_requests_in_window, 0);
 }
 
 #[tokio::test]
@@ -139,5 +139,5 @@ async fn write_limit_is_per_user() {
     assert_eq!(first_user, 200);
     assert_eq!(first_user_again, 429);
     assert_eq!(second_user, 200);
-    assert_eq!(sim.stats().max_writes_in_window, 1);
+    assert_eq!(sim.stats().max_write_requests_in_window, 2);
 }

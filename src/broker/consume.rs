@@ -1,6 +1,8 @@
 //! Consuming: a consumer on the jobs queue with a prefetch limit, and [`Incoming`], a delivery
 //! with the properties the pipeline reads and the only handle that can ack it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -186,6 +188,9 @@ pub struct Incoming {
     /// The original properties, kept whole for dead letters.
     pub(super) properties: BasicProperties,
     acker: lapin::Acker,
+    /// Set by the first ack, reject or requeue. lapin's acker cannot tell a delivery settled
+    /// before its channel closed from one that never was.
+    settling: AtomicBool,
 }
 
 impl Incoming {
@@ -212,19 +217,22 @@ impl Incoming {
             body: delivery.data,
             properties,
             acker: delivery.acker,
+            settling: AtomicBool::new(false),
         }
     }
 
     /// Acknowledges the delivery on the channel that delivered it.
     pub async fn ack(&self) -> Result<(), BrokerError> {
+        let first = self.first_settlement();
         let sent = self.acker.ack(BasicAckOptions::default()).await;
-        self.settled("acking", sent)
+        self.settled("acking", first, sent)
     }
 
     /// Rejects the delivery without requeueing it, so RabbitMQ dead-letters it through the
     /// jobs queue's dead-letter exchange. For a job whose result or dead letter the broker
     /// would not take: running it again could not fix that, and a loop would repeat its purges.
     pub async fn reject(&self) -> Result<(), BrokerError> {
+        let first = self.first_settlement();
         let sent = self
             .acker
             .nack(BasicNackOptions {
@@ -232,11 +240,12 @@ impl Incoming {
                 ..BasicNackOptions::default()
             })
             .await;
-        self.settled("rejecting", sent)
+        self.settled("rejecting", first, sent)
     }
 
     /// Gives the delivery back to the queue for this or another worker.
     pub async fn requeue(&self) -> Result<(), BrokerError> {
+        let first = self.first_settlement();
         let sent = self
             .acker
             .nack(BasicNackOptions {
@@ -244,16 +253,28 @@ impl Incoming {
                 ..BasicNackOptions::default()
             })
             .await;
-        self.settled("requeueing", sent)
+        self.settled("requeueing", first, sent)
+    }
+
+    /// Returns whether this is the delivery's first ack, reject or requeue.
+    fn first_settlement(&self) -> bool {
+        !self.settling.swap(true, Ordering::AcqRel)
     }
 
     /// Converts lapin's result into an error unless the ack or nack was sent. lapin returns
     /// `false`, sending nothing, when the delivery's channel has closed or it was settled before.
-    fn settled(&self, action: &str, sent: Result<bool, lapin::Error>) -> Result<(), BrokerError> {
+    fn settled(
+        &self,
+        action: &str,
+        first: bool,
+        sent: Result<bool, lapin::Error>,
+    ) -> Result<(), BrokerError> {
         let action = format!("{action} delivery {}", self.delivery_tag);
         match sent {
             Ok(true) => Ok(()),
-            Ok(false) if self.acker.poisoned() => Err(BrokerError::ChannelClosed { action }),
+            Ok(false) if first && self.acker.poisoned() => {
+                Err(BrokerError::ChannelClosed { action })
+            }
             Ok(false) => Err(BrokerError::AlreadySettled { action }),
             Err(cause) => Err(BrokerError::Amqp { action, cause }),
         }

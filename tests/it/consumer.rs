@@ -60,3 +60,18 @@ async fn second_settlement_already_settled() {
     consumer.close().await;
     let _ = connection.close(200, "test done".into()).await;
 }
+
+#[tokio::test]
+async fn settled_then_closed_already_settled() {
+    let settings = test_settings(&unique_prefix("ack-closed-twice"));
+    let _cleanup = QueueCleanup::new(&settings);
+    let (connection, _client, consumer, incoming) = one_delivery(&settings).await;
+
+    incoming.ack().await.unwrap();
+    consumer.close().await;
+    let err = incoming.reject().await.unwrap_err();
+
+    // The ack went through before the channel closed, so the job is not delivered again.
+    assert!(matches!(err, BrokerError::AlreadySettled { .. }), "{err:?}");
+    let _ = connection.close(200, "test done".into()).await;
+}

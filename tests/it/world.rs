@@ -468,7 +468,6 @@ fn correlation_of(reply: &Reply) -> Option<&str> {
         .map(|id| id.as_str())
 }
 
-/// Scrapes a worker's metrics endpoint.
 /// Scrapes the metrics until `ready` holds for them, for at most two seconds, and returns the
 /// last scrape. A job's counters move after its delivery is acked, which can be a moment after
 /// its result arrives.
@@ -484,6 +483,7 @@ pub async fn scrape_until(worker: &WorkerHandle, ready: impl Fn(&str) -> bool) -
     text
 }
 
+/// Scrapes a worker's metrics endpoint once.
 pub async fn scrape(worker: &WorkerHandle) -> String {
     let addr = worker
         .telemetry_addr()

@@ -80,6 +80,8 @@ pub struct Gateway {
     accounts: std::collections::HashMap<String, Account>,
     /// Deadline of batch requests, which serve several jobs with deadlines of their own.
     batch_budget: Duration,
+    /// Wakes the token check when Fastly responds to a request with 401.
+    unauthorized: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -101,6 +103,7 @@ impl Gateway {
                 .map(|account| (account.name().to_owned(), account))
                 .collect(),
             batch_budget,
+            unauthorized: tokio::sync::Notify::new(),
         }
     }
 
@@ -237,6 +240,11 @@ impl Gateway {
             self.metrics
                 .fastly_request(endpoint, status, started.elapsed());
             self.observe(&limits, class, &reply);
+            if status == Some(401) {
+                // Wakes a waiting token check only, so the check's own 401 does not wake it
+                // again.
+                self.unauthorized.notify_waiters();
+            }
 
             let err = match reply {
                 Ok(reply) => {
@@ -297,6 +305,11 @@ impl Gateway {
                 rate_limit.reset,
             );
         }
+    }
+
+    /// Waits until Fastly responds to some request with 401, as for a revoked or deleted token.
+    pub async fn unauthorized(&self) {
+        self.unauthorized.notified().await;
     }
 
     /// Returns the account of a batch queue.

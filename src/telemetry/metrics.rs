@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::LogLimiter;
-use crate::job::ResultError;
+use crate::job::{ResultError, Status};
 
 // Log targets named after what the events are about rather than this module, so that a filter
 // such as `RUST_LOG=info,fastly_purge_worker::jobs=debug` reads naturally.
@@ -109,6 +109,21 @@ impl Metrics {
             log_limiter: LogLimiter::new(Duration::from_secs(10)),
             registry: Registry::default(),
         };
+
+        // Every job type and status starts at 0, so that a rate() over an idle worker is 0
+        // rather than empty, and alerts on a worker that never received a job can fire.
+        let types = crate::job::JobType::ALL.map(crate::job::JobType::as_str);
+        for job_type in types.into_iter().chain(["unknown"]) {
+            drop(
+                metrics
+                    .jobs_received
+                    .get_or_create(&labels([("type", job_type)])),
+            );
+            for status in [Status::Succeeded, Status::Failed, Status::Rejected] {
+                let pair = [("type", job_type), ("status", status.as_str())];
+                drop(metrics.jobs_completed.get_or_create(&labels(pair)));
+            }
+        }
 
         // Jobs.
         registry.register(

@@ -201,8 +201,14 @@ async fn check_token(
     Some(info)
 }
 
+/// Minimum time between two token checks that a 401 response brings forward, so that a stream
+/// of failing jobs costs at most one tokens/self request a minute per account.
+const EARLY_CHECK_SPACING: Duration = Duration::from_secs(60);
+
 /// Checks every token again at the configured interval, for expiry and revocation, until the
-/// task is aborted. Scopes read at start stay in force; a changed token needs a restart.
+/// task is aborted. A 401 response from Fastly to any request brings the next check forward, so
+/// a revoked token shows in `/readyz` and `token_valid` within seconds, not at the next
+/// interval. Scopes read at start stay in force; a changed token needs a restart.
 pub async fn check_tokens_periodically(
     gateway: std::sync::Arc<Gateway>,
     accounts: BTreeMap<String, Account>,
@@ -210,8 +216,16 @@ pub async fn check_tokens_periodically(
     timeout: Duration,
 ) {
     let interval = Duration::from_secs(settings.token_check_interval_s);
+    let mut early_check_at = Instant::now();
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = gateway.unauthorized() => {
+                tokio::time::sleep_until(early_check_at).await;
+                early_check_at = Instant::now() + EARLY_CHECK_SPACING;
+                tracing::info!("Fastly responded to a request with 401, checking the tokens now");
+            }
+        }
         for account in accounts.values() {
             check_token(
                 &gateway,

@@ -139,6 +139,12 @@ async fn health_endpoints_answer() {
     assert_eq!(healthz.status(), 200);
     let readyz = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
     assert_eq!(readyz.status(), 200);
+    // Job counters exist at 0 before the first job, so alerts on an idle worker can fire.
+    let text = scrape(world.worker.as_ref().unwrap()).await;
+    for job_type in ["purge_keys", "get_token", "unknown"] {
+        let received = format!("{P}jobs_received_total{{type=\"{job_type}\"}} 0");
+        assert!(text.contains(&received), "{received} missing:\n{text}");
+    }
     world.finish().await;
 }
 
@@ -160,6 +166,41 @@ async fn rejected_token_makes_worker_not_ready() {
     assert_eq!(
         metric(&text, &format!("{P}token_valid"), &[("account", "stale")]),
         0.0
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn unauthorized_reply_rechecks_the_token() {
+    let mut world = WorldBuilder::new("revoked").start().await;
+    // From here on Fastly rejects the token: the next purge_all and the next tokens/self.
+    world
+        .sim
+        .inject(Fault::status("/service/S1/purge_all", 401, 1));
+    world.sim.inject(Fault::status("/tokens/self", 401, 1));
+
+    let reply = world
+        .run(json!({"type": "purge_all", "service_id": "S1"}))
+        .await;
+    assert_eq!(reply.result.status, Status::Failed, "{}", reply.json);
+
+    // The 401 brings the token check forward from its hourly interval.
+    let addr = world.worker.as_ref().unwrap().telemetry_addr().unwrap();
+    let mut readyz = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    for _ in 0..100 {
+        if readyz.status() == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        readyz = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    }
+    assert_eq!(readyz.status(), 503);
+    let reason = readyz.text().await.unwrap();
+    assert!(reason.contains("default"), "{reason}");
+    assert_eq!(
+        world.sim.requests_to("/tokens/self").len(),
+        2,
+        "at start and after the 401"
     );
     world.finish().await;
 }

@@ -180,8 +180,10 @@ impl AccountLimits {
                 drop(permit);
                 continue;
             }
-            let limiter = Arc::clone(&lock(&limit.limiter).0);
-            match limiter.check() {
+            // Checked under the lock, so that a quota change cannot drain this limiter between
+            // the lookup and the check.
+            let checked = lock(&limit.limiter).0.check();
+            match checked {
                 Ok(()) => {
                     lock(&limit.pacer).started(now);
                     return Ok(Admission {
@@ -330,14 +332,14 @@ impl Limits {
     pub fn set_share(&self, own: usize, all: usize) -> bool {
         let own = own.max(1);
         let all = all.max(own);
-        {
-            let mut share = lock(&self.share);
-            // Compared as fractions: 4 of 4 consumers is the same share as 1 of 1.
-            if share.0 * all == own * share.1 {
-                return false;
-            }
-            *share = (own, all);
+        // Held until the quotas are applied, so that two changes at once apply in the order
+        // in which they were stored.
+        let mut share = lock(&self.share);
+        // Compared as fractions: 4 of 4 consumers is the same share as 1 of 1.
+        if share.0 * all == own * share.1 {
+            return false;
         }
+        *share = (own, all);
 
         let Some(settings) = &self.settings else {
             return false;

@@ -299,8 +299,29 @@ fn governor_quota(settings: &QuotaSettings) -> Quota {
 pub struct Limits {
     accounts: HashMap<String, Arc<AccountLimits>>,
     settings: Option<LimitSettings>,
-    /// The share last applied: this process's consumers, and all consumers of the queue.
-    share: Mutex<(usize, usize)>,
+    share: Mutex<Share>,
+    /// How long a larger share waits before it applies (see [`Limits::set_share`]).
+    growth_delay: Duration,
+}
+
+/// The share of the budgets last applied, and since when a larger one has been seen.
+#[derive(Debug)]
+struct Share {
+    /// This process's consumers.
+    own: usize,
+    /// All consumers of the jobs queue, this process's included.
+    all: usize,
+    larger_since: Option<Instant>,
+}
+
+impl Default for Share {
+    fn default() -> Share {
+        Share {
+            own: 1,
+            all: 1,
+            larger_since: None,
+        }
+    }
 }
 
 impl Limits {
@@ -319,8 +340,16 @@ impl Limits {
                 })
                 .collect(),
             settings: Some(settings.clone()),
-            share: Mutex::new((1, 1)),
+            share: Mutex::new(Share::default()),
+            growth_delay: Duration::ZERO,
         }
+    }
+
+    /// Makes a larger share wait `delay` before it applies: the shutdown timeout of the
+    /// workers, during which a peer that left the queue may still send its last requests.
+    pub fn with_share_growth_delay(mut self, delay: Duration) -> Limits {
+        self.growth_delay = delay;
+        self
     }
 
     /// Gives this process `own` of `all` shares of every configured budget: several workers
@@ -329,6 +358,10 @@ impl Limits {
     ///
     /// Each limiter keeps the unspent part of its burst in proportion (see
     /// [`AccountLimits::set_quota`]), so a peer that joins or leaves refills no burst.
+    ///
+    /// A smaller share applies at once. A larger one applies only once it has been seen for
+    /// the growth delay: its consumers left because their worker is stopping or died, and a
+    /// stopping worker still sends requests for its last jobs until its shutdown timeout.
     pub fn set_share(&self, own: usize, all: usize) -> bool {
         let own = own.max(1);
         let all = all.max(own);
@@ -336,10 +369,23 @@ impl Limits {
         // in which they were stored.
         let mut share = lock(&self.share);
         // Compared as fractions: 4 of 4 consumers is the same share as 1 of 1.
-        if share.0 * all == own * share.1 {
+        let (proposed, current) = (own * share.all, share.own * all);
+        if proposed == current {
+            share.larger_since = None;
             return false;
         }
-        *share = (own, all);
+        if proposed > current {
+            let now = Instant::now();
+            let since = *share.larger_since.get_or_insert(now);
+            if now < since + self.growth_delay {
+                return false;
+            }
+        }
+        *share = Share {
+            own,
+            all,
+            larger_since: None,
+        };
 
         let Some(settings) = &self.settings else {
             return false;
@@ -573,6 +619,38 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(500);
         let over = account.admit(BudgetClass::Write, soon).await.unwrap_err();
         assert!(over.wait > Duration::from_millis(600), "{over:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn larger_share_waits_growth_delay() {
+        let limits =
+            Limits::new(["a"], &settings(3600, 8)).with_share_growth_delay(Duration::from_secs(30));
+        assert!(limits.set_share(4, 8), "a smaller share applies at once");
+
+        assert!(
+            !limits.set_share(4, 4),
+            "a peer left, and may still be stopping"
+        );
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!limits.set_share(4, 4));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limits.set_share(4, 4), "after the peers' shutdown timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unchanged_share_restarts_growth_delay() {
+        let limits =
+            Limits::new(["a"], &settings(3600, 8)).with_share_growth_delay(Duration::from_secs(30));
+        assert!(limits.set_share(4, 8));
+        assert!(!limits.set_share(4, 4));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        // The peer came back: the larger share is no longer pending.
+        assert!(!limits.set_share(4, 8));
+        tokio::time::advance(Duration::from_secs(20)).await;
+
+        assert!(!limits.set_share(4, 4), "the delay starts again");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(limits.set_share(4, 4));
     }
 
     #[tokio::test]

@@ -95,7 +95,9 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
     let client = FastlyClient::new(config.api_url.clone(), &settings.fastly)
         .context("cannot build the HTTP client")?;
     let retry = RetryPolicy::from_settings(&settings.fastly.retry);
-    let limits = Limits::new(config.accounts.keys().map(String::as_str), &settings.limits);
+    // Peers are expected to run with the same settings, so this shutdown timeout is theirs.
+    let limits = Limits::new(config.accounts.keys().map(String::as_str), &settings.limits)
+        .with_share_growth_delay(settings.worker.shutdown_timeout());
     let gateway = Arc::new(Gateway::new(
         client,
         limits,

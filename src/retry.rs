@@ -67,4 +67,16 @@ mod tests {
         }
         assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
     }
+
+    #[test]
+    fn full_jitter_spreads_over_ceiling() {
+        let samples = 1000;
+        let total: u128 = (0..samples)
+            .map(|_| full_jitter(Duration::from_millis(1000)).as_millis())
+            .sum();
+        // Uniform over 0..=1000 ms, so the mean is 500 ms, and 150 ms is about 16 standard
+        // errors of the mean away from it.
+        let mean = total / samples;
+        assert!((350..=650).contains(&mean), "mean delay {mean} ms");
+    }
 }

@@ -181,6 +181,13 @@ mod tests {
     }
 
     #[test]
+    fn body_at_size_limit_accepted() {
+        let mut body = br#"{"type":"get_token"}"#.to_vec();
+        body.resize(MAX, b' ');
+        assert!(decode(&body, &meta(), MAX).is_ok());
+    }
+
+    #[test]
     fn oversized_body_rejected_unread() {
         let body = vec![b' '; MAX + 1];
         let rejection = decode(&body, &meta(), MAX).unwrap_err();

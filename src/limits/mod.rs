@@ -433,6 +433,25 @@ mod tests {
         Instant::now() + Duration::from_secs(3600)
     }
 
+    #[test]
+    fn until_reset_counts_from_now() {
+        let now = chrono::Utc::now().timestamp();
+        let ahead = RateLimit {
+            remaining: Some(0),
+            reset: Some(now + 100),
+        };
+        let wait = until_reset(&ahead).unwrap();
+        assert!(
+            (Duration::from_secs(99)..=Duration::from_secs(100)).contains(&wait),
+            "{wait:?}"
+        );
+        let past = RateLimit {
+            remaining: Some(0),
+            reset: Some(now - 1),
+        };
+        assert_eq!(until_reset(&past), None);
+    }
+
     #[tokio::test]
     async fn burst_admitted_then_over_budget() {
         let limits = AccountLimits::new("a", &settings(3600, 2));

@@ -454,6 +454,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deadline_in_flight_counts_attempt() {
+        struct Hung;
+        impl Dispatch for Hung {
+            type Error = String;
+            type Permit = ();
+            fn admit(&self, _queue: &QueueKey) -> BoxFuture<'static, ()> {
+                Box::pin(async {})
+            }
+            fn send(&self, _batch: Sealed, _permit: ()) -> BoxFuture<'static, Sent<String>> {
+                Box::pin(std::future::pending())
+            }
+            fn internal_error(message: String) -> String {
+                message
+            }
+        }
+        let batcher = Batcher::new(Hung, 256, Duration::from_millis(1));
+        let account: Arc<str> = Arc::from("default");
+        let service = ServiceId::parse("S1").unwrap();
+        let deadline = Instant::now() + Duration::from_millis(50);
+
+        let waited = batcher
+            .purge_keys(&account, &service, false, vec!["a".to_owned()], deadline)
+            .await;
+        let Waited::TimedOut(partial) = waited else {
+            panic!("the request never completes")
+        };
+        // The request was sent, so the job used an attempt, and Fastly may have purged the key.
+        assert_eq!(partial.attempts, 1);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let waited = batcher.purge_all(&account, &service, deadline).await;
+        assert!(
+            matches!(waited, PurgeAllWaited::TimedOut { attempts: 1 }),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn panicking_send_resolves_jobs_and_dispatcher_goes_on() {
         struct Flaky(std::sync::atomic::AtomicBool);
         impl Dispatch for Arc<Flaky> {

@@ -1144,4 +1144,41 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn purge_all_after_seal_opens_new_batch() {
+        let mut state = TestState::new(10, LINGER);
+        let now = Instant::now();
+        let (_, _first) = state.submit_purge_all(&account(), &service("s1"), now);
+        let Next::Ready(id) = state.next_ready(&queue(true), now + LINGER) else {
+            panic!("the purge_all batch is ready after the linger");
+        };
+        state.seal(id);
+
+        let (_, mut late) = state.submit_purge_all(&account(), &service("s1"), now + LINGER);
+        state.complete_purge_all(id, Ok(()), 1);
+        assert!(
+            late.try_recv().is_err(),
+            "a purge_all sent before the job arrived does not cover it"
+        );
+        assert!(matches!(
+            state.next_ready(&queue(true), now + 2 * LINGER),
+            Next::Ready(_)
+        ));
+    }
+
+    #[test]
+    fn counts_follow_jobs_and_batches() {
+        let mut state = TestState::new(256, LINGER);
+        let now = Instant::now();
+        let (job, _keys, _) =
+            state.submit_keys(&account(), &service("S1"), false, keys(&["a"]), now);
+        let (_, _all) = state.submit_purge_all(&account(), &service("S2"), now);
+        assert_eq!(state.waiting_jobs(), 2);
+        assert_eq!(state.batches(), 2);
+
+        assert!(state.withdraw(job).is_some());
+        assert_eq!(state.waiting_jobs(), 1);
+        assert_eq!(state.batches(), 1);
+    }
 }

@@ -442,6 +442,25 @@ mod tests {
     }
 
     #[test]
+    fn lengths_at_their_limits() {
+        let id = "s".repeat(MAX_SERVICE_ID_BYTES);
+        assert!(ServiceId::parse(&id).is_ok());
+        assert!(ServiceId::parse(&format!("{id}s")).is_err());
+        let prefix = "https://a.example/";
+        let url = format!("{prefix}{}", "p".repeat(MAX_URL_BYTES - prefix.len()));
+        assert!(PurgeUrl::parse(&url).is_ok());
+        assert!(PurgeUrl::parse(&format!("{url}p")).is_err());
+    }
+
+    #[test]
+    fn counts_at_their_limits_accepted() {
+        let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        assert!(check(json!({"type":"purge_keys","service_id":"s1","keys":keys})).is_ok());
+        let urls: Vec<String> = (0..5).map(|i| format!("https://a.example/{i}")).collect();
+        assert!(check(json!({"type":"purge_urls","urls":urls})).is_ok());
+    }
+
+    #[test]
     fn purge_keys_valid_and_deduplicated() {
         let job = check(json!({"type":"purge_keys","service_id":"SU1Z0isxPaozGVKXdv0eY","keys":["a","b","a"],"soft":true})).unwrap();
         assert_eq!(
@@ -605,6 +624,8 @@ mod tests {
             "javascript:alert(1)",
             "file:///etc/passwd",
             "http://user:pw@example.com/",
+            "http://user@example.com/",
+            "http://:pw@example.com/",
             "http://example.com/a\r\nX-Injected: 1",
             "http://example.com/a b",
             "http://exa\tmple.com/",

@@ -684,4 +684,37 @@ mod tests {
         assert!(limits.admit(BudgetClass::Write, later).await.is_ok());
         drop(second);
     }
+
+    #[test]
+    fn rate_limit_pause_ends_at_reset() {
+        let limits = AccountLimits::new("a", &settings(360_000, 100));
+        let too_many = FastlyError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "hourly limit".to_owned(),
+            rate_limit: RateLimit {
+                remaining: Some(0),
+                reset: Some(chrono::Utc::now().timestamp() + 600),
+            },
+        };
+        let pause = limits.observe(BudgetClass::Write, Err(&too_many)).unwrap();
+        assert!(pause <= Duration::from_secs(600), "{pause:?}");
+        assert!(pause >= Duration::from_secs(599), "{pause:?}");
+    }
+
+    #[tokio::test]
+    async fn share_spreads_only_own_part_of_remaining() {
+        let limits = Limits::new(["a"], &settings(360_000, 100));
+        assert!(limits.set_share(1, 4));
+        let account = limits.account("a").unwrap();
+        let headers = RateLimit {
+            remaining: Some(100),
+            reset: Some(chrono::Utc::now().timestamp() + 100),
+        };
+        account.observe(BudgetClass::Write, Ok(&headers));
+        drop(account.admit(BudgetClass::Write, far()).await.unwrap());
+
+        // A quarter of 100 requests over about 100 s: about 4 s apart, not 1 s.
+        let next = account.ready_at(BudgetClass::Write).unwrap();
+        assert!(next - Instant::now() > Duration::from_secs(3), "{next:?}");
+    }
 }

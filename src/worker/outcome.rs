@@ -152,3 +152,42 @@ pub fn job_result(facts: &JobFacts, outcome: &Outcome) -> JobResult {
         error: outcome.error(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::job::ErrorCode;
+
+    fn facts(earlier_attempts: u32) -> JobFacts {
+        JobFacts {
+            job_id: Some("j1".to_owned()),
+            job_type: Some("purge_keys".to_owned()),
+            account: Some("a".to_owned()),
+            redelivered: true,
+            received_at: Utc::now(),
+            earlier_attempts,
+        }
+    }
+
+    #[test]
+    fn result_adds_attempts_and_keeps_output() {
+        let outcome = Outcome::Succeeded {
+            output: json!({"purge_ids": {"k": "p1"}}),
+            attempts: 3,
+        };
+        let result = job_result(&facts(2), &outcome);
+        assert_eq!(result.attempts, 5);
+        assert_eq!(result.output, Some(json!({"purge_ids": {"k": "p1"}})));
+        assert!(result.error.is_none());
+    }
+
+    #[test]
+    fn rejected_result_carries_its_error() {
+        let outcome = Outcome::Rejected(Rejection::new(ErrorCode::InvalidField, "bad keys"));
+        let result = job_result(&facts(0), &outcome);
+        assert_eq!(result.attempts, 0);
+        assert_eq!(result.error.unwrap().code, ErrorCode::InvalidField);
+    }
+}

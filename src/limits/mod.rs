@@ -433,6 +433,18 @@ mod tests {
         Instant::now() + Duration::from_secs(3600)
     }
 
+    /// Builds a 429 whose reset is `reset_in` seconds from now.
+    fn too_many_requests(reset_in: i64) -> FastlyError {
+        FastlyError::Status {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "hourly limit".to_owned(),
+            rate_limit: RateLimit {
+                remaining: Some(0),
+                reset: Some(chrono::Utc::now().timestamp() + reset_in),
+            },
+        }
+    }
+
     #[test]
     fn until_reset_counts_from_now() {
         let now = chrono::Utc::now().timestamp();
@@ -468,15 +480,7 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_pauses_only_its_class() {
         let limits = AccountLimits::new("a", &settings(360_000, 100));
-        let reset = chrono::Utc::now().timestamp() + 600;
-        let too_many = FastlyError::Status {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "hourly limit".to_owned(),
-            rate_limit: RateLimit {
-                remaining: Some(0),
-                reset: Some(reset),
-            },
-        };
+        let too_many = too_many_requests(600);
         limits.observe(BudgetClass::Write, Err(&too_many));
 
         assert!(limits.paused_until(BudgetClass::Write).is_some());
@@ -525,14 +529,7 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let too_many = FastlyError::Status {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "hourly limit".to_owned(),
-            rate_limit: RateLimit {
-                remaining: Some(0),
-                reset: Some(chrono::Utc::now().timestamp() + 600),
-            },
-        };
+        let too_many = too_many_requests(600);
         limits.observe(BudgetClass::Write, Err(&too_many));
         drop((first, second));
         assert!(
@@ -544,14 +541,7 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_with_past_reset_still_pauses() {
         let limits = AccountLimits::new("a", &settings(360_000, 100));
-        let stale = FastlyError::Status {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "hourly limit".to_owned(),
-            rate_limit: RateLimit {
-                remaining: Some(0),
-                reset: Some(chrono::Utc::now().timestamp() - 30),
-            },
-        };
+        let stale = too_many_requests(-30);
         limits.observe(BudgetClass::Write, Err(&stale));
         assert!(limits.paused_until(BudgetClass::Write).is_some());
     }
@@ -688,14 +678,7 @@ mod tests {
     #[test]
     fn rate_limit_pause_ends_at_reset() {
         let limits = AccountLimits::new("a", &settings(360_000, 100));
-        let too_many = FastlyError::Status {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: "hourly limit".to_owned(),
-            rate_limit: RateLimit {
-                remaining: Some(0),
-                reset: Some(chrono::Utc::now().timestamp() + 600),
-            },
-        };
+        let too_many = too_many_requests(600);
         let pause = limits.observe(BudgetClass::Write, Err(&too_many)).unwrap();
         assert!(pause <= Duration::from_secs(600), "{pause:?}");
         assert!(pause >= Duration::from_secs(599), "{pause:?}");

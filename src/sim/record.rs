@@ -154,7 +154,8 @@ impl Recorder {
         self.log.iter().cloned().collect()
     }
 
-    /// Returns the counters. `max_write_requests_in_window` is kept by the limiter and left at 0 here.
+    /// Returns the counters. The limiter keeps `max_write_requests_in_window`, so it is 0
+    /// here.
     pub fn stats(&self) -> SimStats {
         self.stats.clone()
     }
